@@ -1,0 +1,17 @@
+"""lensblur: physics-based, differentiable depth of field for PyTorch.
+
+Data flows one way: image + depth -> coc (:mod:`~lensblur.optics`) -> layers
+(:mod:`~lensblur.render`, :mod:`~lensblur.layered`) -> operator (:func:`~lensblur.defocus`) ->
+backend kernel (:mod:`lensblur.ops`).
+"""
+
+from .apertures import Aperture
+from .defocus import available_backends, defocus
+from .optics import ThinLens, disparity_coc
+from .render import LensBlur, render
+from .validation import LensBlurError
+
+__version__ = "0.1.0"
+
+__all__ = ["Aperture", "LensBlur", "LensBlurError", "ThinLens", "available_backends", "defocus",
+           "disparity_coc", "render", "__version__"]

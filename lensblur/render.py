@@ -1,0 +1,169 @@
+"""Depth-of-field rendering from an all-in-focus image, its depth and a thin lens."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .apertures import Aperture
+from .defocus import BACKENDS, defocus
+from .optics import ThinLens
+from .validation import (LensBlurError, check_choice, check_image, check_map, check_positive_float,
+                         check_same_geometry)
+
+__all__ = ["render", "LensBlur", "RENDER_METHODS", "boost_highlights"]
+
+RENDER_METHODS = ("layered", "gather", "scatter")
+
+
+def _luminance(image: torch.Tensor) -> torch.Tensor:
+    if image.shape[1] == 3:
+        w = torch.tensor([0.2126, 0.7152, 0.0722], dtype=image.dtype, device=image.device)
+        return (image * w.view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return image.mean(1, keepdim=True)
+
+
+def boost_highlights(image: torch.Tensor, boost: float, threshold: float) -> torch.Tensor:
+    """Raise the luminance above ``threshold`` by ``(1 + boost)``, keeping each pixel's colour.
+
+    A pixel of luminance ``Y > threshold`` gets ``Y' = threshold + (1 + boost) (Y - threshold)``:
+    clipped highlights in an all-in-focus image regain the energy that makes bokeh discs bright.
+    """
+    if boost == 0:
+        return image
+    y = _luminance(image)
+    excess = torch.relu(y - threshold)
+    return image * (1.0 + boost * excess / y.clamp_min(1e-6))
+
+
+def _gamma_decode(x: torch.Tensor, gamma: float) -> torch.Tensor:
+    return x if gamma == 1.0 else x.sign() * x.abs().clamp_min(1e-12).pow(gamma)
+
+
+def render(image: torch.Tensor, depth: torch.Tensor, lens: ThinLens,
+           aperture: Optional[Aperture] = None, method: str = "layered", gamma: float = 1.0, *,
+           backend: str = "auto", highlight_boost: float = 0.0, highlight_threshold: float = 1.0,
+           squeeze: Optional[float] = None, cats_eye: Optional[float] = None,
+           near_scale: float = 1.0, far_scale: float = 1.0,
+           num_layers: Optional[int] = None) -> torch.Tensor:
+    r"""Render depth of field from an all-in-focus ``image`` and its metric ``depth``.
+
+    The coc of every pixel comes from ``lens`` (:meth:`ThinLens.coc_px`).  ``"layered"`` is
+    occlusion aware (see :mod:`lensblur.layered`); ``"gather"`` and ``"scatter"`` call
+    :func:`~lensblur.defocus` with the lens's coc.  Differentiable w.r.t. ``image``, ``depth`` and
+    every tensor lens parameter.
+
+    Args:
+        image: ``(B, C, H, W)`` all-in-focus image; linear radiance when ``gamma == 1``.
+        depth: ``(B, 1, H, W)`` metric depth in metres, > 0.
+        lens: a :class:`~lensblur.ThinLens` (its parameters may be ``(B,)`` tensors).
+        aperture: bokeh shape (``None`` = disk).
+        method: ``"layered"`` (default), ``"gather"`` or ``"scatter"``.
+        gamma: encoding of ``image``: it is decoded as ``image ** gamma`` to linear light, blurred,
+            and encoded back (2.2 for sRGB-like images; 1 = already linear).
+        backend: kernel backend for the blur (see :func:`~lensblur.defocus`).
+        highlight_boost: >= 0; luminance above ``highlight_threshold`` (linear) is amplified by
+            ``1 + highlight_boost`` before blurring, so highlights bloom into bright bokeh shapes.
+        highlight_threshold: > 0, linear luminance where the boost starts.
+        squeeze: anamorphic squeeze (bokeh ``squeeze`` times taller than wide); overrides the
+            aperture's.
+        cats_eye: cat's-eye vignetting strength in [0, 1]; overrides the aperture's.
+        near_scale, far_scale: >= 0, scale the blur in front of / behind the focus plane.
+        num_layers: number of depth layers for ``"layered"`` (default adapts to the coc range).
+
+    Returns:
+        ``(B, C, H, W)`` rendered image in ``image``'s encoding and dtype.
+
+    Example:
+        >>> img, depth = torch.rand(1, 3, 24, 32), torch.full((1, 1, 24, 32), 4.0)
+        >>> lens = ThinLens(50.0, 2.0, 2.0)
+        >>> render(img, depth, lens, method="gather").shape
+        torch.Size([1, 3, 24, 32])
+    """
+    check_image(image, "image")
+    check_map(depth, "depth", positive=True)
+    check_same_geometry(image, depth, "depth")
+    if not isinstance(lens, ThinLens):
+        raise TypeError(f"`lens` must be a lensblur.ThinLens, got {type(lens).__name__}")
+    check_choice(method, "method", RENDER_METHODS)
+    check_choice(backend, "backend", BACKENDS)
+    gamma = check_positive_float(gamma, "gamma")
+    highlight_boost = check_positive_float(highlight_boost, "highlight_boost", allow_zero=True)
+    highlight_threshold = check_positive_float(highlight_threshold, "highlight_threshold")
+    near_scale = check_positive_float(near_scale, "near_scale", allow_zero=True)
+    far_scale = check_positive_float(far_scale, "far_scale", allow_zero=True)
+    if num_layers is not None and (isinstance(num_layers, bool) or not isinstance(num_layers, numbers.Integral)
+                                   or num_layers < 1):
+        raise LensBlurError(f"`num_layers` must be a positive integer or None, got {num_layers!r}")
+    if aperture is None:
+        aperture = Aperture.disk()
+    elif not isinstance(aperture, Aperture):
+        raise TypeError(f"`aperture` must be a lensblur.Aperture or None, got {type(aperture).__name__}")
+    changes = {k: v for k, v in (("squeeze", squeeze), ("cats_eye", cats_eye)) if v is not None}
+    if changes:
+        aperture = aperture.replace(**changes)
+
+    signed = lens.coc_px(depth.to(torch.float64 if image.dtype == torch.float64 else torch.float32),
+                         image.shape[-1], signed=True)
+    if near_scale != 1.0 or far_scale != 1.0:
+        signed = torch.where(signed < 0, signed * near_scale, signed * far_scale)
+
+    linear = boost_highlights(_gamma_decode(image, gamma), highlight_boost, highlight_threshold)
+    if method == "layered":
+        from .layered import render_layered
+        out = render_layered(linear, signed, aperture, backend=backend, num_layers=num_layers)
+    else:
+        out = defocus(linear, signed.abs(), aperture, method=method, backend=backend)
+    out = _gamma_decode(out, 1.0 / gamma)
+    return out.to(image.dtype)
+
+
+class LensBlur(nn.Module):
+    """Depth-of-field layer: ``LensBlur(...)(image, depth, focal_length_mm, f_number, focus_distance_m)``.
+
+    The module holds configuration only (aperture, method, sensor, rendering controls); the lens
+    parameters are passed per call and may be ``(B,)`` tensors that require grad (e.g. a
+    predicted focus distance).
+
+    Example:
+        >>> layer = LensBlur(method="gather")
+        >>> img, depth = torch.rand(2, 3, 16, 16), torch.rand(2, 1, 16, 16) + 1.0
+        >>> out = layer(img, depth, focal_length_mm=50.0, f_number=2.0,
+        ...             focus_distance_m=torch.tensor([1.2, 1.8]))
+        >>> out.shape
+        torch.Size([2, 3, 16, 16])
+    """
+
+    def __init__(self, aperture: Optional[Aperture] = None, method: str = "layered",
+                 sensor_width_mm: float = 36.0, gamma: float = 1.0, backend: str = "auto",
+                 **controls) -> None:
+        super().__init__()
+        check_choice(method, "method", RENDER_METHODS)
+        check_choice(backend, "backend", BACKENDS)
+        if aperture is not None and not isinstance(aperture, Aperture):
+            raise TypeError(f"`aperture` must be a lensblur.Aperture or None, got {type(aperture).__name__}")
+        self.aperture = aperture
+        self.method = method
+        self.sensor_width_mm = check_positive_float(sensor_width_mm, "sensor_width_mm")
+        self.gamma = check_positive_float(gamma, "gamma")
+        self.backend = backend
+        allowed = {"highlight_boost", "highlight_threshold", "squeeze", "cats_eye", "near_scale",
+                   "far_scale", "num_layers"}
+        unknown = set(controls) - allowed
+        if unknown:
+            raise TypeError(f"unknown LensBlur option(s): {', '.join(sorted(unknown))}")
+        self.controls = controls
+
+    def extra_repr(self) -> str:
+        return (f"aperture={self.aperture!r}, method={self.method!r}, "
+                f"sensor_width_mm={self.sensor_width_mm}, gamma={self.gamma}, backend={self.backend!r}")
+
+    def forward(self, image: torch.Tensor, depth: torch.Tensor, focal_length_mm, f_number,
+                focus_distance_m) -> torch.Tensor:
+        lens = ThinLens(focal_length_mm=focal_length_mm, f_number=f_number,
+                        focus_distance_m=focus_distance_m, sensor_width_mm=self.sensor_width_mm)
+        return render(image, depth, lens, self.aperture, self.method, self.gamma,
+                      backend=self.backend, **self.controls)

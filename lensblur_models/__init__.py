@@ -1,0 +1,5 @@
+"""Model families built on :mod:`lensblur` (see ``../shared/seeds``).
+
+``lensblur_models`` only uses the public ``lensblur`` API.  The fixed entry points from SPEC are
+:func:`defocus_map`, :func:`blur_strength_from_lens` and :func:`blur_monotonicity`.
+"""
