@@ -136,6 +136,11 @@ class Aperture:
     def rotation_rad(self) -> float:
         return math.radians(self.rotation_deg)
 
+    def kernel_params(self) -> list:
+        """``[kind_id, blades, rotation_rad, roundness, squeeze, cats_eye]`` as the kernels take them."""
+        return [float(self.kind_id), float(self.blades), self.rotation_rad, float(self.roundness),
+                float(self.squeeze), float(self.cats_eye)]
+
     def table_padded(self, device=None, dtype=torch.float32) -> torch.Tensor:
         """The image table with a one-texel zero border, ``(h + 2, w + 2)``."""
         if self.table is None:
