@@ -1,0 +1,1 @@
+"""lensblur benchmarks: ``python -m benchmarks`` or ``pytest benchmarks/ --benchmark-only``."""
