@@ -1,0 +1,752 @@
+r"""Triton kernels for the gather and scatter blur operators, forward and backward.
+
+The math is exactly that of :mod:`lensblur.ops.reference` (read it first); this file only
+changes *how* the sums are evaluated.  Layout of the file: the ``@triton.jit`` kernels, then
+the host launchers (tile sizes, grids, small tile-bound pre-passes), then the operator
+registered through :func:`lensblur.ops._wiring.define_defocus_op` and the backend entry
+:func:`defocus`.
+
+Design
+------
+* **One output tile per program, all channels.**  A program owns a ``BY x BX`` tile of one
+  image (``16 x 16``, 4 warps on a GPU) and loops over channel chunks of ``BLOCK_C <= 4``
+  (one chunk for C <= 4), so the per-pixel aperture weight of a tap is computed once and used
+  for every channel.  ``H`` and ``W`` are runtime arguments (not specialised).
+* **Tile max-coc culling.**  A pre-pass takes the maximum coc of every tile; a program's
+  offset loop only covers the window of *its* tile's largest blur, row by row: for disk and
+  polygon apertures (a polygon lies inside the disk of the same radius) row ``dy`` needs
+  ``|dx| <= sqrt((R+1/2)^2 - dy^2) / squeeze``; image apertures use their rectangle.
+* **Neighbourhood bounds without a host sync.**  Terms that sum over *neighbours' kernels*
+  (the gather's image gradient, the scatter forward) need the largest coc of any pixel whose
+  footprint can reach the tile.  A tiny kernel dilates the tile-max map: tile ``T'`` counts
+  for tile ``T`` when the pixel gap between them fits in the support of ``T'``'s own maximum.
+  The global maximum only bounds that search and never leaves the device, so no call
+  synchronises with the host.
+* **Analytic apertures.**  Disk and polygon weights are ``clamp(R + 1/2 - n(d), 0, 1)``; without
+  cat's eye the norm ``n(d)`` is a per-tap scalar, so a tap costs one add and one clamp per
+  pixel.  Image apertures sample their small (``(h+2) x (w+2)``) table bilinearly.  Cat's-eye
+  vignetting intersects with a per-pixel shifted disk.
+* **Gather backward without atomics** (gather form): ``dL/dI(q) = sum_d W(d; c(q-d), q-d)
+  gn(q-d)`` is a gather over neighbours using their own kernels; ``dL/dc(p)`` is a gather over
+  ``p``'s own window.  **Scatter forward as scatter-as-gather**: a pre-pass computes ``1/Z(q)``
+  per pixel, then each output pixel gathers ``W(d; c(p-d)) / Z(p-d) I(p-d)``.  The **scatter
+  backward** is a gather over ``q``'s own window that also accumulates ``Z`` and ``Z'``.
+  Nothing anywhere uses atomics, so every result is bitwise deterministic (run to run and
+  under ``torch.use_deterministic_algorithms(True)``); there is no separate deterministic mode.
+* **Precision.**  fp16/bf16/fp32 images are read in their own dtype and accumulated in fp32;
+  fp64 images accumulate in fp64 (every float parameter reaches the kernels through a small
+  tensor in the accumulation dtype, never as a 32-bit kernel argument).
+
+CPU and the Triton interpreter
+------------------------------
+When this module is imported on a machine without CUDA it sets ``TRITON_INTERPRET=1`` (only if
+the variable is unset) *before* importing Triton, so the same kernels run on CPU tensors under
+the interpreter; that is how CI checks them against the reference.  The interpreter is slow
+(about 0.5 ms per program instance), so it is only offered for CPU tensors when it is active
+(:func:`is_available`), and ``backend="auto"`` never picks it for CPU tensors.  One pinned
+config (no autotuning) is used everywhere, with larger tiles under the interpreter.
+
+Example:
+    >>> import torch, lensblur
+    >>> img, coc = torch.rand(1, 3, 8, 8), torch.full((1, 1, 8, 8), 3.0)
+    >>> if is_available(img.device):
+    ...     out = lensblur.defocus(img, coc, backend="triton")
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..apertures import Aperture
+from ..validation import LensBlurError
+
+__all__ = ["defocus", "is_available", "INTERPRET", "TILE_GPU", "TILE_INTERPRET"]
+
+name = "triton"
+
+try:  # decide about the interpreter before Triton reads the environment
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except Exception:  # pragma: no cover - a broken CUDA setup must not break ``import lensblur``
+    pass
+
+try:
+    import triton
+    import triton.language as tl
+    _TRITON_ERROR: Optional[BaseException] = None
+except Exception as exc:  # pragma: no cover - exercised only where triton is missing
+    triton = None
+    tl = None
+    _TRITON_ERROR = exc
+
+#: True when the kernels run under the Triton interpreter (CPU tensors).
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+#: ``(BY, BX, num_warps)`` of the output tile on a GPU (16x16 / 4 warps beat larger tiles on H100).
+TILE_GPU = (16, 16, 4)
+#: ``(BY, BX, num_warps)`` under the interpreter: few, large programs (each costs ~0.5 ms).
+TILE_INTERPRET = (16, 32, 1)
+#: Channels handled together by one program (the rest loop in chunks of this size).
+MAX_BLOCK_C = 4
+
+# Layout of the per-call parameter tensor (accumulation dtype).
+_P_SQUEEZE, _P_ROUND, _P_KAPPA, _P_REACH, _P_HALF_TW, _P_HALF_TH, _P_NORMALS = 0, 1, 2, 3, 4, 5, 8
+
+# =====================================================================================
+# Kernels
+# =====================================================================================
+if triton is not None:
+
+    @triton.jit
+    def _positions(x, y, H, W, ACC: tl.constexpr):
+        """Cat's-eye frame position ``v`` of pixel ``(x, y)`` (``|v| = 1`` in the corners)."""
+        wf = tl.cast(W, ACC)
+        hf = tl.cast(H, ACC)
+        inv_half_diag = 2.0 / tl.sqrt(wf * wf + hf * hf)
+        vx = (x.to(ACC) - 0.5 * (wf - 1.0)) * inv_half_diag
+        vy = (y.to(ACC) - 0.5 * (hf - 1.0)) * inv_half_diag
+        return vx, vy
+
+    @triton.jit
+    def _shape_norm(dxf, dyf, prm, sq, rnd, KIND: tl.constexpr, BLADES: tl.constexpr):
+        """Per-tap scalar norm ``n(e)`` of disk / polygon apertures, ``e = (sq dx, dy)``."""
+        ex = dxf * sq
+        ey = dyf
+        r = tl.sqrt(ex * ex + ey * ey)
+        if KIND == 1:
+            # normals are stored pre-scaled by (1 - roundness) / cos(pi / B)
+            m = ex * tl.load(prm + 8) + ey * tl.load(prm + 9)
+            for k in tl.static_range(1, BLADES):
+                m = tl.maximum(m, ex * tl.load(prm + 8 + 2 * k) + ey * tl.load(prm + 9 + 2 * k))
+            r = m + rnd * r
+        return r
+
+    @triton.jit
+    def _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd, kap, hw1, hh1,
+                KIND: tl.constexpr, BLADES: tl.constexpr, CATSEYE: tl.constexpr,
+                ACC: tl.constexpr):
+        """``(W, dW/dc)`` of offset ``d`` for kernels of radius ``radius`` (per pixel)."""
+        ex = dxf * sq
+        ey = dyf
+        if KIND == 2:
+            scale = 1.0 / (radius + 0.5)
+            xt = (ex * scale + 1.0) * hw1 + 1.0
+            yt = (ey * scale + 1.0) * hh1 + 1.0
+            x0f = tl.floor(xt)
+            y0f = tl.floor(yt)
+            fx = xt - x0f
+            fy = yt - y0f
+            x0 = x0f.to(tl.int32)
+            y0 = y0f.to(tl.int32)
+            wp = tab_w + 2
+            hp = tab_h + 2
+            inx0 = (x0 >= 0) & (x0 < wp)
+            inx1 = (x0 >= -1) & (x0 < wp - 1)
+            iny0 = (y0 >= 0) & (y0 < hp)
+            iny1 = (y0 >= -1) & (y0 < hp - 1)
+            base = y0 * wp + x0
+            t00 = tl.load(tab + base, mask=iny0 & inx0, other=0.0).to(ACC)
+            t01 = tl.load(tab + base + 1, mask=iny0 & inx1, other=0.0).to(ACC)
+            t10 = tl.load(tab + base + wp, mask=iny1 & inx0, other=0.0).to(ACC)
+            t11 = tl.load(tab + base + wp + 1, mask=iny1 & inx1, other=0.0).to(ACC)
+            top = t00 + fx * (t01 - t00)
+            bot = t10 + fx * (t11 - t10)
+            w = top + fy * (bot - top)
+            dval_dx = (1.0 - fy) * (t01 - t00) + fy * (t11 - t10)
+            dval_dy = bot - top
+            s2 = scale * scale
+            dw = 0.5 * (dval_dx * (-hw1 * ex * s2) + dval_dy * (-hh1 * ey * s2))
+            ctr = (dxf == 0.0) & (dyf == 0.0)
+            w = w + ctr.to(ACC) * 1e-6
+        else:
+            n = _shape_norm(dxf, dyf, prm, sq, rnd, KIND, BLADES)
+            t = radius + 0.5 - n
+            w = tl.minimum(tl.maximum(t, 0.0), 1.0)
+            dw = tl.where((t > 0.0) & (t < 1.0), 0.5, 0.0).to(ACC)
+        if CATSEYE:
+            rx = ex - kap * radius * vx
+            ry = ey - kap * radius * vy
+            rho = tl.sqrt(tl.maximum(rx * rx + ry * ry, 1e-24))
+            t2 = radius + 0.5 - rho
+            w2 = tl.minimum(tl.maximum(t2, 0.0), 1.0)
+            dt2 = 1.0 + kap * (rx * vx + ry * vy) / tl.maximum(rho, 1e-12)
+            dw2 = tl.where((t2 > 0.0) & (t2 < 1.0), 0.5 * dt2, 0.0)
+            use2 = w2 < w
+            w = tl.where(use2, w2, w)
+            dw = tl.where(use2, dw2, dw)
+        return w, dw
+
+    @triton.jit
+    def _half_height(rm, reach, H, CLAMP: tl.constexpr):
+        """Largest |dy| with weight for kernels of radius <= ``rm`` (clamped to the frame)."""
+        ky = tl.floor((rm + 0.5) * reach).to(tl.int32)
+        if CLAMP:
+            ky = tl.minimum(ky, H - 1)
+        return ky
+
+    @triton.jit
+    def _half_width(rm, dyf, sq, reach, W, KIND: tl.constexpr, CLAMP: tl.constexpr):
+        """Largest |dx| with weight in row ``dy`` for kernels of radius <= ``rm``."""
+        if KIND == 2:
+            kx = tl.floor((rm + 0.5) * reach / sq).to(tl.int32)
+        else:
+            e = rm + 0.5
+            h2 = tl.maximum(e * e - dyf * dyf, 0.0)
+            kx = tl.floor(tl.sqrt(h2) / sq).to(tl.int32)
+        if CLAMP:
+            kx = tl.minimum(kx, W - 1)
+        return kx
+
+    @triton.jit
+    def _tile_coords(H, W, BY: tl.constexpr, BX: tl.constexpr):
+        pid_t = tl.program_id(0)
+        ntx = tl.cdiv(W, BX)
+        offs = tl.arange(0, BY * BX)
+        y = (pid_t // ntx) * BY + offs // BX
+        x = (pid_t % ntx) * BX + offs % BX
+        inside = (y < H) & (x < W)
+        return pid_t, y, x, inside
+
+    @triton.jit
+    def _dilate_kernel(tmax, gmax, tnbr, prm, n_ty, n_tx,
+                       BY: tl.constexpr, BX: tl.constexpr, BLOCK_T: tl.constexpr):
+        """``tnbr[T] = max tmax[T']`` over tiles ``T'`` whose footprints can reach tile ``T``."""
+        b = tl.program_id(1)
+        offs = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+        n_t = n_ty * n_tx
+        ok = offs < n_t
+        ty = offs // n_tx
+        tx = offs % n_tx
+        base = tmax + b.to(tl.int64) * n_t
+        sq = tl.load(prm + 0).to(tl.float32)
+        reach = tl.load(prm + 3).to(tl.float32)
+        g = 0.5 * tl.load(gmax).to(tl.float32)
+        ext = (g + 0.5) * reach
+        rty = (tl.floor(ext).to(tl.int32) + BY - 1) // BY
+        rtx = (tl.floor(ext / sq).to(tl.int32) + BX - 1) // BX
+        best = tl.load(base + offs, mask=ok, other=0.0)
+        for j in range(-rty, rty + 1):
+            gy = tl.maximum((tl.abs(j) - 1) * BY + 1, 0)
+            for i in range(-rtx, rtx + 1):
+                gx = tl.maximum((tl.abs(i) - 1) * BX + 1, 0)
+                ny = ty + j
+                nx = tx + i
+                nok = ok & (ny >= 0) & (ny < n_ty) & (nx >= 0) & (nx < n_tx)
+                m = tl.load(base + ny * n_tx + nx, mask=nok, other=0.0)
+                e = (0.5 * m.to(tl.float32) + 0.5) * reach
+                ky = tl.floor(e).to(tl.int32)
+                kx = tl.floor(e / sq).to(tl.int32)
+                hit = nok & (gy <= ky) & (gx <= kx)
+                best = tl.where(hit, tl.maximum(best, m), best)
+        tl.store(tnbr + b.to(tl.int64) * n_t + offs, best, mask=ok)
+
+    @triton.jit
+    def _gather_fwd_kernel(img, coc, tmax, prm, tab, out, den_out, C, H, W, tab_h, tab_w,
+                           KIND: tl.constexpr, BLADES: tl.constexpr, CATSEYE: tl.constexpr,
+                           BY: tl.constexpr, BX: tl.constexpr, BLOCK_C: tl.constexpr,
+                           ACC: tl.constexpr):
+        """out(p) = sum_d W(d; c(p), p) valid I(p+d) / den(p),  den(p) = sum_d W valid."""
+        pid_t, y, x, inside = _tile_coords(H, W, BY, BX)
+        b = tl.program_id(1)
+        hw = H * W
+        n_t = tl.cdiv(H, BY) * tl.cdiv(W, BX)
+        img_b = img + b.to(tl.int64) * C * hw
+        out_b = out + b.to(tl.int64) * C * hw
+        map_off = b.to(tl.int64) * hw
+        pix = y * W + x
+        sq = tl.load(prm + 0).to(ACC)
+        rnd = tl.load(prm + 1).to(ACC)
+        kap = tl.load(prm + 2).to(ACC)
+        reach = tl.load(prm + 3).to(ACC)
+        hw1 = tl.load(prm + 4).to(ACC)
+        hh1 = tl.load(prm + 5).to(ACC)
+        radius = 0.5 * tl.load(coc + map_off + pix, mask=inside, other=0.0).to(ACC)
+        vx, vy = _positions(x, y, H, W, ACC)
+        rm = 0.5 * tl.load(tmax + b * n_t + pid_t).to(ACC)
+        ky = _half_height(rm, reach, H, True)
+        chan = tl.arange(0, BLOCK_C)
+        den = tl.zeros([BY * BX], dtype=ACC)
+        for c0 in range(0, C, BLOCK_C):
+            cm = (c0 + chan) < C
+            ch_off = (c0 + chan) * hw
+            num = tl.zeros([BLOCK_C, BY * BX], dtype=ACC)
+            den = tl.zeros([BY * BX], dtype=ACC)
+            for dy in range(-ky, ky + 1):
+                dyf = tl.cast(dy, ACC)
+                kx = _half_width(rm, dyf, sq, reach, W, KIND, True)
+                ys = y + dy
+                row_ok = inside & (ys >= 0) & (ys < H)
+                for dx in range(-kx, kx + 1):
+                    dxf = tl.cast(dx, ACC)
+                    xs = x + dx
+                    ok = row_ok & (xs >= 0) & (xs < W)
+                    w, dw = _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd,
+                                    kap, hw1, hh1, KIND, BLADES, CATSEYE, ACC)
+                    w = tl.where(ok, w, 0.0)
+                    v = tl.load(img_b + ch_off[:, None] + (ys * W + xs)[None, :],
+                                mask=cm[:, None] & ok[None, :], other=0.0).to(ACC)
+                    num += w[None, :] * v
+                    den += w
+            res = num / tl.where(inside, den, 1.0)[None, :]
+            tl.store(out_b + ch_off[:, None] + pix[None, :], res.to(out.dtype.element_ty),
+                     mask=cm[:, None] & inside[None, :])
+        tl.store(den_out + map_off + pix, den.to(den_out.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _gather_bwd_kernel(img, coc, gn, s, tmax, tnbr, prm, tab, d_img, d_coc, C, H, W,
+                           tab_h, tab_w,
+                           KIND: tl.constexpr, BLADES: tl.constexpr, CATSEYE: tl.constexpr,
+                           BY: tl.constexpr, BX: tl.constexpr, BLOCK_C: tl.constexpr,
+                           ACC: tl.constexpr):
+        """dI(q) = sum_d W(d; c(q-d), q-d) valid gn(q-d);
+        dc(p) = sum_d W'(d; c(p), p) valid [sum_ch gn(p) I(p+d)] - s(p) sum_d W' valid."""
+        pid_t, y, x, inside = _tile_coords(H, W, BY, BX)
+        b = tl.program_id(1)
+        hw = H * W
+        n_t = tl.cdiv(H, BY) * tl.cdiv(W, BX)
+        img_b = img + b.to(tl.int64) * C * hw
+        gn_b = gn + b.to(tl.int64) * C * hw
+        dimg_b = d_img + b.to(tl.int64) * C * hw
+        map_off = b.to(tl.int64) * hw
+        pix = y * W + x
+        sq = tl.load(prm + 0).to(ACC)
+        rnd = tl.load(prm + 1).to(ACC)
+        kap = tl.load(prm + 2).to(ACC)
+        reach = tl.load(prm + 3).to(ACC)
+        hw1 = tl.load(prm + 4).to(ACC)
+        hh1 = tl.load(prm + 5).to(ACC)
+        radius = 0.5 * tl.load(coc + map_off + pix, mask=inside, other=0.0).to(ACC)
+        vx, vy = _positions(x, y, H, W, ACC)
+        rm = 0.5 * tl.load(tmax + b * n_t + pid_t).to(ACC)
+        rn = 0.5 * tl.load(tnbr + b * n_t + pid_t).to(ACC)
+        ky = _half_height(rm, reach, H, True)
+        kyn = _half_height(rn, reach, H, True)
+        chan = tl.arange(0, BLOCK_C)
+        acc = tl.zeros([BY * BX], dtype=ACC)
+        wsum = tl.zeros([BY * BX], dtype=ACC)
+        for c0 in range(0, C, BLOCK_C):
+            cm = (c0 + chan) < C
+            ch_off = (c0 + chan) * hw
+            gnp = tl.load(gn_b + ch_off[:, None] + pix[None, :],
+                          mask=cm[:, None] & inside[None, :], other=0.0).to(ACC)
+            wsum = tl.zeros([BY * BX], dtype=ACC)
+            # d coc: the derivative of p's own kernel over p's own window
+            for dy in range(-ky, ky + 1):
+                dyf = tl.cast(dy, ACC)
+                kx = _half_width(rm, dyf, sq, reach, W, KIND, True)
+                ys = y + dy
+                row_ok = inside & (ys >= 0) & (ys < H)
+                for dx in range(-kx, kx + 1):
+                    dxf = tl.cast(dx, ACC)
+                    xs = x + dx
+                    ok = row_ok & (xs >= 0) & (xs < W)
+                    w, dw = _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd,
+                                    kap, hw1, hh1, KIND, BLADES, CATSEYE, ACC)
+                    dw = tl.where(ok, dw, 0.0)
+                    v = tl.load(img_b + ch_off[:, None] + (ys * W + xs)[None, :],
+                                mask=cm[:, None] & ok[None, :], other=0.0).to(ACC)
+                    acc += dw * tl.sum(gnp * v, axis=0)
+                    wsum += dw
+            # d image: a gather over the neighbours p = q - d with *their* kernels
+            dimg = tl.zeros([BLOCK_C, BY * BX], dtype=ACC)
+            for dy in range(-kyn, kyn + 1):
+                dyf = tl.cast(dy, ACC)
+                kx = _half_width(rn, dyf, sq, reach, W, KIND, True)
+                ys = y - dy
+                row_ok = inside & (ys >= 0) & (ys < H)
+                for dx in range(-kx, kx + 1):
+                    dxf = tl.cast(dx, ACC)
+                    xs = x - dx
+                    ok = row_ok & (xs >= 0) & (xs < W)
+                    npix = ys * W + xs
+                    rad_n = 0.5 * tl.load(coc + map_off + npix, mask=ok, other=0.0).to(ACC)
+                    vxn, vyn = _positions(xs, ys, H, W, ACC)
+                    w, dw = _weight(dxf, dyf, rad_n, vxn, vyn, prm, tab, tab_h, tab_w, sq, rnd,
+                                    kap, hw1, hh1, KIND, BLADES, CATSEYE, ACC)
+                    w = tl.where(ok, w, 0.0)
+                    g = tl.load(gn_b + ch_off[:, None] + npix[None, :],
+                                mask=cm[:, None] & ok[None, :], other=0.0).to(ACC)
+                    dimg += w[None, :] * g
+            tl.store(dimg_b + ch_off[:, None] + pix[None, :], dimg.to(d_img.dtype.element_ty),
+                     mask=cm[:, None] & inside[None, :])
+        sp = tl.load(s + map_off + pix, mask=inside, other=0.0).to(ACC)
+        tl.store(d_coc + map_off + pix, (acc - wsum * sp).to(d_coc.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _mass_kernel(coc, tmax, prm, tab, inv_z, H, W, tab_h, tab_w,
+                     KIND: tl.constexpr, BLADES: tl.constexpr, CATSEYE: tl.constexpr,
+                     BY: tl.constexpr, BX: tl.constexpr, ACC: tl.constexpr):
+        """inv_z(q) = 1 / Z(q),  Z(q) = sum_d W(d; c(q), q) over the whole window (no border)."""
+        pid_t, y, x, inside = _tile_coords(H, W, BY, BX)
+        b = tl.program_id(1)
+        hw = H * W
+        n_t = tl.cdiv(H, BY) * tl.cdiv(W, BX)
+        map_off = b.to(tl.int64) * hw
+        pix = y * W + x
+        sq = tl.load(prm + 0).to(ACC)
+        rnd = tl.load(prm + 1).to(ACC)
+        kap = tl.load(prm + 2).to(ACC)
+        reach = tl.load(prm + 3).to(ACC)
+        hw1 = tl.load(prm + 4).to(ACC)
+        hh1 = tl.load(prm + 5).to(ACC)
+        radius = 0.5 * tl.load(coc + map_off + pix, mask=inside, other=0.0).to(ACC)
+        vx, vy = _positions(x, y, H, W, ACC)
+        rm = 0.5 * tl.load(tmax + b * n_t + pid_t).to(ACC)
+        ky = _half_height(rm, reach, H, False)
+        z = tl.zeros([BY * BX], dtype=ACC)
+        for dy in range(-ky, ky + 1):
+            dyf = tl.cast(dy, ACC)
+            kx = _half_width(rm, dyf, sq, reach, W, KIND, False)
+            for dx in range(-kx, kx + 1):
+                dxf = tl.cast(dx, ACC)
+                w, dw = _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd,
+                                kap, hw1, hh1, KIND, BLADES, CATSEYE, ACC)
+                z += w
+        tl.store(inv_z + map_off + pix, 1.0 / tl.where(inside, z, 1.0), mask=inside)
+
+    @triton.jit
+    def _scatter_fwd_kernel(img, coc, inv_z, tnbr, prm, tab, out, den_out, C, H, W, tab_h, tab_w,
+                            KIND: tl.constexpr, BLADES: tl.constexpr, CATSEYE: tl.constexpr,
+                            BY: tl.constexpr, BX: tl.constexpr, BLOCK_C: tl.constexpr,
+                            ACC: tl.constexpr):
+        """out(p) = sum_d a(p-d, d) valid I(p-d) / den(p),  a(q, d) = W(d; c(q), q) / Z(q)."""
+        pid_t, y, x, inside = _tile_coords(H, W, BY, BX)
+        b = tl.program_id(1)
+        hw = H * W
+        n_t = tl.cdiv(H, BY) * tl.cdiv(W, BX)
+        img_b = img + b.to(tl.int64) * C * hw
+        out_b = out + b.to(tl.int64) * C * hw
+        map_off = b.to(tl.int64) * hw
+        pix = y * W + x
+        sq = tl.load(prm + 0).to(ACC)
+        rnd = tl.load(prm + 1).to(ACC)
+        kap = tl.load(prm + 2).to(ACC)
+        reach = tl.load(prm + 3).to(ACC)
+        hw1 = tl.load(prm + 4).to(ACC)
+        hh1 = tl.load(prm + 5).to(ACC)
+        rn = 0.5 * tl.load(tnbr + b * n_t + pid_t).to(ACC)
+        kyn = _half_height(rn, reach, H, True)
+        chan = tl.arange(0, BLOCK_C)
+        den = tl.zeros([BY * BX], dtype=ACC)
+        for c0 in range(0, C, BLOCK_C):
+            cm = (c0 + chan) < C
+            ch_off = (c0 + chan) * hw
+            num = tl.zeros([BLOCK_C, BY * BX], dtype=ACC)
+            den = tl.zeros([BY * BX], dtype=ACC)
+            for dy in range(-kyn, kyn + 1):
+                dyf = tl.cast(dy, ACC)
+                kx = _half_width(rn, dyf, sq, reach, W, KIND, True)
+                ys = y - dy
+                row_ok = inside & (ys >= 0) & (ys < H)
+                for dx in range(-kx, kx + 1):
+                    dxf = tl.cast(dx, ACC)
+                    xs = x - dx
+                    ok = row_ok & (xs >= 0) & (xs < W)
+                    qpix = ys * W + xs
+                    rad_q = 0.5 * tl.load(coc + map_off + qpix, mask=ok, other=0.0).to(ACC)
+                    izq = tl.load(inv_z + map_off + qpix, mask=ok, other=0.0).to(ACC)
+                    vxq, vyq = _positions(xs, ys, H, W, ACC)
+                    w, dw = _weight(dxf, dyf, rad_q, vxq, vyq, prm, tab, tab_h, tab_w, sq, rnd,
+                                    kap, hw1, hh1, KIND, BLADES, CATSEYE, ACC)
+                    a = tl.where(ok, w * izq, 0.0)
+                    v = tl.load(img_b + ch_off[:, None] + qpix[None, :],
+                                mask=cm[:, None] & ok[None, :], other=0.0).to(ACC)
+                    num += a[None, :] * v
+                    den += a
+            res = num / tl.where(inside, den, 1.0)[None, :]
+            tl.store(out_b + ch_off[:, None] + pix[None, :], res.to(out.dtype.element_ty),
+                     mask=cm[:, None] & inside[None, :])
+        tl.store(den_out + map_off + pix, den.to(den_out.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _scatter_bwd_kernel(img, coc, gn, s, tmax, prm, tab, d_img, d_coc, C, H, W, tab_h, tab_w,
+                            KIND: tl.constexpr, BLADES: tl.constexpr, CATSEYE: tl.constexpr,
+                            BY: tl.constexpr, BX: tl.constexpr, BLOCK_C: tl.constexpr,
+                            ACC: tl.constexpr):
+        """With da(q,d) = valid(q+d) [sum_ch I(q) gn(q+d) - s(q+d)]:
+        dI(q) = sum_d W valid gn(q+d) / Z;  dc(q) = sum_d W' da / Z - Z' sum_d W da / Z^2."""
+        pid_t, y, x, inside = _tile_coords(H, W, BY, BX)
+        b = tl.program_id(1)
+        hw = H * W
+        n_t = tl.cdiv(H, BY) * tl.cdiv(W, BX)
+        img_b = img + b.to(tl.int64) * C * hw
+        gn_b = gn + b.to(tl.int64) * C * hw
+        dimg_b = d_img + b.to(tl.int64) * C * hw
+        map_off = b.to(tl.int64) * hw
+        pix = y * W + x
+        sq = tl.load(prm + 0).to(ACC)
+        rnd = tl.load(prm + 1).to(ACC)
+        kap = tl.load(prm + 2).to(ACC)
+        reach = tl.load(prm + 3).to(ACC)
+        hw1 = tl.load(prm + 4).to(ACC)
+        hh1 = tl.load(prm + 5).to(ACC)
+        radius = 0.5 * tl.load(coc + map_off + pix, mask=inside, other=0.0).to(ACC)
+        vx, vy = _positions(x, y, H, W, ACC)
+        rm = 0.5 * tl.load(tmax + b * n_t + pid_t).to(ACC)
+        ky = _half_height(rm, reach, H, False)   # no clamp: Z needs the whole window
+        chan = tl.arange(0, BLOCK_C)
+        p_acc = tl.zeros([BY * BX], dtype=ACC)    # sum_d W' sum_ch I gn   (over all chunks)
+        q_acc = tl.zeros([BY * BX], dtype=ACC)    # sum_d W  sum_ch I gn
+        p_s = tl.zeros([BY * BX], dtype=ACC)      # sum_d W' valid s
+        q_s = tl.zeros([BY * BX], dtype=ACC)      # sum_d W  valid s
+        z = tl.zeros([BY * BX], dtype=ACC)
+        zp = tl.zeros([BY * BX], dtype=ACC)
+        for c0 in range(0, C, BLOCK_C):
+            cm = (c0 + chan) < C
+            ch_off = (c0 + chan) * hw
+            iq = tl.load(img_b + ch_off[:, None] + pix[None, :],
+                         mask=cm[:, None] & inside[None, :], other=0.0).to(ACC)
+            dimg = tl.zeros([BLOCK_C, BY * BX], dtype=ACC)
+            p_s = tl.zeros([BY * BX], dtype=ACC)
+            q_s = tl.zeros([BY * BX], dtype=ACC)
+            z = tl.zeros([BY * BX], dtype=ACC)
+            zp = tl.zeros([BY * BX], dtype=ACC)
+            for dy in range(-ky, ky + 1):
+                dyf = tl.cast(dy, ACC)
+                kx = _half_width(rm, dyf, sq, reach, W, KIND, False)
+                ys = y + dy
+                row_ok = inside & (ys >= 0) & (ys < H)
+                for dx in range(-kx, kx + 1):
+                    dxf = tl.cast(dx, ACC)
+                    xs = x + dx
+                    ok = row_ok & (xs >= 0) & (xs < W)
+                    ppix = ys * W + xs
+                    w, dw = _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd,
+                                    kap, hw1, hh1, KIND, BLADES, CATSEYE, ACC)
+                    z += w
+                    zp += dw
+                    wv = tl.where(ok, w, 0.0)
+                    dwv = tl.where(ok, dw, 0.0)
+                    g = tl.load(gn_b + ch_off[:, None] + ppix[None, :],
+                                mask=cm[:, None] & ok[None, :], other=0.0).to(ACC)
+                    sp = tl.load(s + map_off + ppix, mask=ok, other=0.0).to(ACC)
+                    dimg += wv[None, :] * g
+                    gi = tl.sum(iq * g, axis=0)
+                    p_acc += dwv * gi
+                    q_acc += wv * gi
+                    p_s += dwv * sp
+                    q_s += wv * sp
+            inv = 1.0 / tl.where(inside, z, 1.0)
+            tl.store(dimg_b + ch_off[:, None] + pix[None, :],
+                     (dimg * inv[None, :]).to(d_img.dtype.element_ty),
+                     mask=cm[:, None] & inside[None, :])
+        inv = 1.0 / tl.where(inside, z, 1.0)
+        dc = (p_acc - p_s) * inv - (q_acc - q_s) * zp * inv * inv
+        tl.store(d_coc + map_off + pix, dc.to(d_coc.dtype.element_ty), mask=inside)
+
+
+# =====================================================================================
+# Host launchers
+# =====================================================================================
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tl_acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _tile_config(device: torch.device) -> Tuple[int, int, int]:
+    return TILE_INTERPRET if (INTERPRET and device.type == "cpu") else TILE_GPU
+
+
+_PARAM_CACHE: dict = {}
+
+
+def _param_tensor(params: List[float], table_shape, device, acc) -> Tuple[torch.Tensor, dict]:
+    """Pack the aperture's float parameters (in the accumulation dtype) and its constexprs."""
+    kind, blades = int(round(params[0])), int(round(params[1]))
+    rot, rnd, sq, kap = (float(p) for p in params[2:6])
+    key = (tuple(float(p) for p in params), tuple(table_shape), str(device), acc)
+    hit = _PARAM_CACHE.get(key)
+    if hit is not None:
+        return hit
+    if kind == 1 and rnd >= 1.0:
+        kind = 0                      # a fully round polygon is the disk (as in the reference)
+    th, tw = (int(table_shape[0]) - 2, int(table_shape[1]) - 2) if kind == 2 else (1, 1)
+    reach = 1.0 + 2.0 / (min(th, tw) - 1) if kind == 2 else 1.0
+    vals = [sq, rnd, kap, reach, 0.5 * (tw - 1), 0.5 * (th - 1), 0.0, 0.0]
+    if kind == 1:
+        scale = (1.0 - rnd) / math.cos(math.pi / blades)
+        for k in range(blades):
+            a = rot + (2 * k + 1) * math.pi / blades
+            vals += [scale * math.cos(a), scale * math.sin(a)]
+    prm = torch.tensor(vals, dtype=acc, device=device)
+    meta = dict(KIND=kind, BLADES=max(blades, 1) if kind == 1 else 1, CATSEYE=kap > 0.0,
+                tab_h=th, tab_w=tw)
+    if len(_PARAM_CACHE) > 64:
+        _PARAM_CACHE.clear()
+    _PARAM_CACHE[key] = (prm, meta)
+    return prm, meta
+
+
+def _tile_max(coc: torch.Tensor, by: int, bx: int) -> torch.Tensor:
+    """``(B, n_ty * n_tx)`` maximum coc of every ``by x bx`` tile (zero-padded at the edges)."""
+    b, _, h, w = coc.shape
+    nty, ntx = -(-h // by), -(-w // bx)
+    padded = F.pad(coc, (0, ntx * bx - w, 0, nty * by - h))
+    return padded.view(b, nty, by, ntx, bx).amax(dim=(2, 4)).reshape(b, nty * ntx).contiguous()
+
+
+def _neighbour_max(tmax: torch.Tensor, prm: torch.Tensor, h: int, w: int, by: int, bx: int,
+                   num_warps: int) -> torch.Tensor:
+    """Dilate the tile-max map by the footprints (device-side, no host synchronisation)."""
+    b = tmax.shape[0]
+    nty, ntx = -(-h // by), -(-w // bx)
+    gmax = tmax.amax().reshape(1)
+    out = torch.empty_like(tmax)
+    block_t = 1024 if INTERPRET else 256
+    grid = (triton.cdiv(nty * ntx, block_t), b)
+    _dilate_kernel[grid](tmax, gmax, out, prm, nty, ntx, BY=by, BX=bx, BLOCK_T=block_t,
+                         num_warps=num_warps)
+    return out
+
+
+class _Launch:
+    """Everything one call's kernels share: tiles, grid, parameters, tile bounds."""
+
+    def __init__(self, image: torch.Tensor, coc: torch.Tensor, table: torch.Tensor,
+                 params: List[float]):
+        self.B, self.C, self.H, self.W = image.shape
+        self.acc = _acc_dtype(image.dtype)
+        self.device = image.device
+        self.by, self.bx, self.warps = _tile_config(image.device)
+        self.table = table.to(device=self.device, dtype=self.acc).contiguous()
+        self.prm, meta = _param_tensor(params, self.table.shape, self.device, self.acc)
+        meta = dict(meta)
+        self.tab_h, self.tab_w = meta.pop("tab_h"), meta.pop("tab_w")
+        self.meta = dict(meta, BY=self.by, BX=self.bx, ACC=_tl_acc(self.acc),
+                         num_warps=self.warps)
+        self.block_c = min(triton.next_power_of_2(self.C), MAX_BLOCK_C)
+        self.grid = (triton.cdiv(self.H, self.by) * triton.cdiv(self.W, self.bx), self.B)
+        self.tmax = _tile_max(coc, self.by, self.bx)
+        self._tnbr = None
+
+    @property
+    def tnbr(self) -> torch.Tensor:
+        if self._tnbr is None:
+            self._tnbr = _neighbour_max(self.tmax, self.prm, self.H, self.W, self.by, self.bx,
+                                        self.warps)
+        return self._tnbr
+
+
+def _check_inputs(image: torch.Tensor, coc: torch.Tensor, method: str) -> None:
+    if method not in ("gather", "scatter"):
+        raise LensBlurError(f"`method` must be 'gather' or 'scatter', got {method!r}")
+    if image.dim() != 4 or coc.dim() != 4 or coc.shape[1] != 1 \
+            or coc.shape[0] != image.shape[0] or coc.shape[2:] != image.shape[2:]:
+        raise LensBlurError(f"`coc` must have shape (B, 1, H, W) matching `image` "
+                            f"{tuple(image.shape)}, got {tuple(coc.shape)}")
+
+
+def forward_impl(image: torch.Tensor, coc: torch.Tensor, table: torch.Tensor,
+                 params: List[float], method: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Gather or scatter forward; returns ``(out, den)`` (``out`` in image's dtype)."""
+    _check_inputs(image, coc, method)
+    image, coc = image.contiguous(), coc.contiguous()
+    out = torch.empty_like(image)
+    den = torch.empty_like(coc)
+    if image.numel() == 0:
+        return out, den
+    L = _Launch(image, coc, table, params)
+    if method == "gather":
+        _gather_fwd_kernel[L.grid](image, coc, L.tmax, L.prm, L.table, out, den, L.C, L.H, L.W,
+                                   L.tab_h, L.tab_w, BLOCK_C=L.block_c, **L.meta)
+    else:
+        inv_z = torch.empty(coc.shape, dtype=L.acc, device=coc.device)
+        _mass_kernel[L.grid](coc, L.tmax, L.prm, L.table, inv_z, L.H, L.W, L.tab_h, L.tab_w,
+                             **L.meta)
+        _scatter_fwd_kernel[L.grid](image, coc, inv_z, L.tnbr, L.prm, L.table, out, den, L.C,
+                                    L.H, L.W, L.tab_h, L.tab_w, BLOCK_C=L.block_c, **L.meta)
+    return out, den
+
+
+def backward_impl(grad: torch.Tensor, image: torch.Tensor, coc: torch.Tensor, table: torch.Tensor,
+                  params: List[float], method: str, out: torch.Tensor, den: torch.Tensor
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Exact gradients ``(dL/dimage, dL/dcoc)`` of :func:`forward_impl`."""
+    _check_inputs(image, coc, method)
+    image, coc = image.contiguous(), coc.contiguous()
+    d_img = torch.empty_like(image)
+    d_coc = torch.empty_like(coc)
+    if image.numel() == 0:
+        return d_img, d_coc
+    L = _Launch(image, coc, table, params)
+    gn = (grad.to(L.acc) / den.to(L.acc)).contiguous()
+    s = (gn * out.to(L.acc)).sum(1, keepdim=True).contiguous()
+    if method == "gather":
+        _gather_bwd_kernel[L.grid](image, coc, gn, s, L.tmax, L.tnbr, L.prm, L.table, d_img, d_coc,
+                                   L.C, L.H, L.W, L.tab_h, L.tab_w, BLOCK_C=L.block_c, **L.meta)
+    else:
+        _scatter_bwd_kernel[L.grid](image, coc, gn, s, L.tmax, L.prm, L.table, d_img, d_coc,
+                                    L.C, L.H, L.W, L.tab_h, L.tab_w, BLOCK_C=L.block_c, **L.meta)
+    return d_img, d_coc
+
+
+# =====================================================================================
+# The operator and the backend entry points
+# =====================================================================================
+_OP = None
+if triton is not None:
+    from ._wiring import define_defocus_op
+    _OP = define_defocus_op("triton", forward_impl, backward_impl)
+
+_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _table(aperture: Aperture, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The aperture's padded table on ``device`` (cached per aperture: no copy per call)."""
+    per_ap = _TABLES.setdefault(aperture, {})
+    key = (str(device), dtype)
+    if key not in per_ap:
+        per_ap[key] = aperture.table_padded(device=device, dtype=dtype).contiguous()
+    return per_ap[key]
+
+
+def is_available(device) -> bool:
+    """Triton kernels can run on ``device``: CUDA tensors with Triton importable, or CPU tensors
+    when the Triton interpreter is active (``TRITON_INTERPRET=1``, set automatically on
+    machines without CUDA)."""
+    if _OP is None:
+        return False
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and not INTERPRET
+    return device.type == "cpu" and INTERPRET
+
+
+def defocus(image: torch.Tensor, coc: torch.Tensor, aperture: Aperture, method: str) -> torch.Tensor:
+    r"""Triton backend entry (inputs already validated by :func:`lensblur.defocus`).
+
+    Args:
+        image: ``(B, C, H, W)`` float16 / bfloat16 / float32 / float64 tensor.
+        coc: ``(B, 1, H, W)`` coc diameters in pixels (>= 0), any float dtype.
+        aperture: the :class:`~lensblur.Aperture`.
+        method: ``"gather"`` or ``"scatter"``.
+
+    Returns:
+        ``(B, C, H, W)`` blurred image in ``image``'s dtype, differentiable w.r.t. ``image`` and
+        ``coc``.  Accumulation is float32 (float64 for float64 images); the coc is converted to
+        the accumulation dtype first so that the saved normaliser keeps full precision.
+
+    Example:
+        >>> img, coc = torch.rand(1, 3, 8, 8), torch.full((1, 1, 8, 8), 3.0)
+        >>> if is_available(img.device):
+        ...     out = defocus(img, coc, Aperture.disk(), "gather")
+    """
+    if _OP is None:
+        raise LensBlurError(f"the Triton backend is unavailable: triton failed to import "
+                            f"({_TRITON_ERROR!r})")
+    if not is_available(image.device):
+        raise LensBlurError(f"the Triton backend cannot run on {image.device.type} tensors here")
+    acc = _acc_dtype(image.dtype)
+    table = _table(aperture, image.device, acc)
+    out, _ = _OP(image.contiguous(), coc.to(acc).contiguous(), table, aperture.kernel_params(),
+                 method)
+    return out
