@@ -15,3 +15,13 @@ __version__ = "0.1.0"
 
 __all__ = ["Aperture", "LensBlur", "LensBlurError", "ThinLens", "available_backends", "defocus",
            "disparity_coc", "render", "__version__"]
+
+_LAZY_SUBMODULES = ("testing", "scene", "io", "cli", "layered", "augment", "ops")
+
+
+def __getattr__(name):  # lazy: ``lensblur.testing`` needs hypothesis, ``lensblur.io`` Pillow
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -273,13 +273,13 @@ class Aperture:
         if isinstance(diameter_px, torch.Tensor):
             if diameter_px.dim() != 0 or not diameter_px.is_floating_point():
                 raise LensBlurError("`diameter_px` must be a float or a 0-d floating point tensor")
-            if not bool(torch.isfinite(diameter_px)) or float(diameter_px) < 0:
+            if not bool(torch.isfinite(diameter_px.detach())) or float(diameter_px.detach()) < 0:
                 raise LensBlurError(f"`diameter_px` must be finite and >= 0, got {float(diameter_px)}")
             c = diameter_px
         else:
             c = torch.tensor(check_positive_float(diameter_px, "diameter_px", allow_zero=True),
                              dtype=torch.float32)
-        kx, ky = self.support(float(c) / 2)
+        kx, ky = self.support(float(c.detach()) / 2)
         k = max(kx, ky)
         offs = torch.arange(-k, k + 1, dtype=c.dtype)
         dy, dx = torch.meshgrid(offs, offs, indexing="ij")

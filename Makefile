@@ -1,0 +1,35 @@
+# lensblur: `make demo` and `make test` work from a clean clone with nothing installed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel of torch lies on this machine's disk; a loose `torch` pulls GBs of CUDA packages.
+TORCH_PIN ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test docs bench bench-cpu install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,triton,models,docs]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m lensblur demo --out demo_out
+
+# pytest exits 5 when it collects no tests: that is a failure too.
+test: $(STAMP)
+	$(PY) -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf demo_out docs/_build .pytest_cache build *.egg-info

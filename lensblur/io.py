@@ -1,0 +1,104 @@
+"""Reading and writing images and depth maps for the CLI and examples.
+
+Colour images are 8/16-bit sRGB on disk and linear radiance in memory (kornia's sRGB transfer
+functions); depth maps are ``.npy`` (metres), 16-bit PNG (metres times ``depth_scale``), or
+``.exr`` when the ``OpenEXR``/``imageio`` readers are installed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from kornia.color import linear_rgb_to_rgb, rgb_to_linear_rgb
+
+from .validation import LensBlurError
+
+__all__ = ["read_image", "read_depth", "write_image", "to_srgb_uint8"]
+
+PathLike = Union[str, Path]
+
+
+def _existing(path: PathLike, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise LensBlurError(f"{what} file not found: {p}")
+    return p
+
+
+def read_image(path: PathLike) -> torch.Tensor:
+    """Read an sRGB PNG/JPEG as a ``(1, 3, H, W)`` float32 tensor of linear radiance in [0, 1]."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = _existing(path, "image")
+    try:
+        with Image.open(p) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except UnidentifiedImageError as exc:
+        raise LensBlurError(f"cannot read image {p}: not a PNG/JPEG image") from exc
+    srgb = torch.from_numpy(arr.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    return rgb_to_linear_rgb(srgb).contiguous()
+
+
+def read_depth(path: PathLike, depth_scale: float = 1.0) -> torch.Tensor:
+    """Read a metric depth map as ``(1, 1, H, W)`` float32 metres.
+
+    ``.npy``: values in metres (a 2-D array, or 3-D with one channel).  PNG (8/16-bit
+    greyscale): metres = value / ``depth_scale``.  ``.exr``: metres (needs ``imageio`` with an EXR
+    plugin).  Values must be finite and > 0.
+    """
+    p = _existing(path, "depth")
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except ValueError as exc:
+            raise LensBlurError(f"cannot read depth {p}: not a valid .npy array") from exc
+    elif suffix in (".png", ".tif", ".tiff"):
+        from PIL import Image
+
+        with Image.open(p) as im:
+            arr = np.asarray(im).astype(np.float64) / float(depth_scale)
+    elif suffix == ".exr":
+        try:
+            import imageio.v3 as iio
+        except ImportError as exc:
+            raise LensBlurError("reading .exr depth needs `imageio` with an EXR plugin "
+                                "(pip install imageio[freeimage]) — or save the depth as .npy") from exc
+        arr = np.asarray(iio.imread(p))
+    else:
+        raise LensBlurError(f"unsupported depth format {suffix!r} for {p}; use .npy, .png or .exr")
+    arr = np.asarray(arr, dtype=np.float64)
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise LensBlurError(f"depth {p} must be a 2-D map, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise LensBlurError(f"depth {p} contains NaN or infinite values")
+    if (arr <= 0).any():
+        raise LensBlurError(f"depth {p} must be > 0 everywhere (min {arr.min():.4g}); "
+                            "is it a disparity or does it need --depth-scale?")
+    return torch.from_numpy(arr.astype(np.float32))[None, None].contiguous()
+
+
+def to_srgb_uint8(linear: torch.Tensor) -> np.ndarray:
+    """``(1, 3, H, W)`` or ``(3, H, W)`` linear radiance -> ``(H, W, 3)`` uint8 sRGB (clipped)."""
+    x = linear.detach().float().cpu()
+    if x.dim() == 4:
+        x = x[0]
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    srgb = linear_rgb_to_rgb(x.clamp(0, 1)[None])[0]
+    return (srgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def write_image(path: PathLike, linear: torch.Tensor) -> Path:
+    """Write linear radiance as an 8-bit sRGB PNG/JPEG (by suffix); returns the path."""
+    from PIL import Image
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_srgb_uint8(linear)).save(p)
+    return p
