@@ -432,13 +432,19 @@ class RandomDefocus(IntensityAugmentationBase2D):
         return Aperture.disk()
 
     def _depth(self, input: torch.Tensor, params: Dict[str, torch.Tensor], flags: Dict[str, Any]) -> torch.Tensor:
-        b, _, h, w = input.shape
         if self._call_depth is not None:
             depth = self._call_depth
             check_same_geometry(input, depth, "depth", "input")
             return depth
+        return self.prior_depth(input, params)
+
+    def prior_depth(self, image: torch.Tensor, params: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The depth ``(B, 1, H, W)`` in metres that ``depth_prior`` gives ``image`` ``(B, C, H, W)``
+        for a draw ``params`` (``aug._params`` or the returned params)."""
+        input = image
+        b, _, h, w = input.shape
         prior = self.depth_prior
-        near, far = flags["depth_range_m"]
+        near, far = self.flags["depth_range_m"]
         if prior == "plane":
             dist = params["plane_distance_m"].to(input.device, torch.float64)
             return dist.view(b, 1, 1, 1).expand(b, 1, h, w)

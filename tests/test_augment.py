@@ -320,3 +320,44 @@ class TestRandomDefocus:
 
 def p_slice(params, n):
     return {k: v[:n] for k, v in params.items() if k not in ("forward_input_shape",)}
+
+
+class TestDatasetExample:
+    def test_builds_defocused_sharp_coc_triplets(self, tmp_path):
+        import importlib.util
+        import json
+        from pathlib import Path
+
+        import numpy as np
+        from PIL import Image
+
+        path = Path(__file__).resolve().parents[1] / "examples" / "make_defocus_dataset.py"
+        spec = importlib.util.spec_from_file_location("make_defocus_dataset", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+
+        src, dep, out = tmp_path / "img", tmp_path / "depth", tmp_path / "out"
+        src.mkdir(), dep.mkdir()
+        rng = np.random.default_rng(0)
+        Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(src / "a.png")
+        Image.fromarray(rng.integers(0, 255, (26, 16, 3), dtype=np.uint8)).save(src / "b.jpg")
+        np.save(dep / "a.npy", np.linspace(1.0, 9.0, 600, dtype=np.float32).reshape(20, 30))
+        args = ["--images", str(src), "--out", str(out), "--depth", str(dep), "--size", "12", "--samples", "2",
+                "--focal-length", "150", "200", "--f-number", "1.4", "2", "--focus", "1", "1.5", "--seed", "3"]
+        assert mod.main(args) == 0
+        rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+        assert len(rows) == 4 and {r["depth"] for r in rows} == {"map", "ramp"}
+        for r in rows:
+            sharp = np.asarray(Image.open(out / r["sharp"]))
+            blurred = np.asarray(Image.open(out / r["defocused"]))
+            coc = np.load(out / r["coc"])
+            assert sharp.shape == blurred.shape == (12, 12, 3) and coc.shape == (12, 12)
+            assert np.abs(sharp.astype(int) - blurred.astype(int)).max() > 10   # visibly blurred
+            assert 150 <= r["focal_length_mm"] <= 200 and 1.4 <= r["f_number"] <= 2
+            if r["depth"] == "map":   # the coc is the thin lens's for the (resized) depth map
+                depth = mod.resize_crop(lensblur.io.read_depth(dep / "a.npy"), 12, "nearest")
+                lens = ThinLens(r["focal_length_mm"], r["f_number"], r["focus_distance_m"])
+                np.testing.assert_allclose(coc, lens.coc_px(depth, 12)[0, 0].numpy(), rtol=1e-4)
+        # the same seed gives the same data set
+        assert mod.main(args[:3] + [str(tmp_path / "again")] + args[4:]) == 0
+        assert (tmp_path / "again" / "metadata.jsonl").read_text() == (out / "metadata.jsonl").read_text()
