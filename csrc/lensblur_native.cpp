@@ -1,0 +1,881 @@
+// Native CPU kernels for lensblur's gather and scatter blur, forward and backward.
+//
+// The math is exactly that of lensblur/ops/reference.py (read it first); the weights are those of
+// lensblur/apertures.py (Aperture.weight).  This file only changes *how* the sums are evaluated.
+// It has no dependency on the PyTorch headers: lensblur/ops/native.py builds it with
+// torch.utils.cpp_extension (JIT, cached by a hash of this file) and calls the four extern "C"
+// entry points at the bottom through ctypes with the tensors' data pointers.
+//
+// Design
+// ------
+// * Everything is a gather.  Terms that the reference writes as a scatter (the gather's image
+//   gradient, the scatter's forward) are evaluated at their destination pixel by reading the
+//   neighbours' kernels, so every output value is computed by exactly one thread in a fixed order:
+//   results are bitwise identical for any thread count, and there are no atomics.
+// * Blocks of N pixels of one row (N = 64 bytes / sizeof(T): 16 floats or 8 doubles) keep their
+//   sums in vector registers (GCC vector extensions) while the loop walks over the taps (dx, dy).
+//   OpenMP distributes rows (dynamic schedule: blur, hence cost, varies over the image).
+// * Zero-padded copies of the inputs (KY rows, KX columns, plus N columns of slack on the right)
+//   remove every border test; plane 0 of the padded image is the validity mask, so the
+//   normaliser is one more "channel".  Planes are processed in groups of four (plane count
+//   rounded up), the row pitch avoids multiples of 4 KiB (L1 set aliasing).
+// * Tile max-coc culling: a block's own window is bounded by the largest radius in the block,
+//   row by row (a polygon lies inside the disk of the same radius); windows over *neighbours'*
+//   kernels use the largest radius of any tile whose footprint can reach the block's tile.
+//   Taps whose weight is 1 for the whole block skip the clamp; taps whose weight is 0 for the
+//   whole block are skipped; the coc derivative (non-zero only on the 1-px rim) only visits rim
+//   taps.
+// * Disk and polygon apertures without cat's eye take the fast path (the shape norm n(d) is one
+//   number per tap, precomputed); image tables and cat's-eye vignetting take the general path,
+//   which evaluates the weight per pixel exactly as Aperture.weight does.
+// * Memory is O(B C H W): the padded copies and a few maps, never an O(H W k^2) buffer.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include <omp.h>
+
+namespace {
+
+constexpr int G = 4;    // planes per group (sums of one group live in registers together)
+constexpr int TY = 8;   // rows per tile of the neighbour bound
+
+template <typename T>
+struct Vec {
+  typedef T type __attribute__((vector_size(64)));
+  static constexpr int N = 64 / static_cast<int>(sizeof(T));
+};
+
+template <typename V, typename T>
+inline V vload(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V, typename T>
+inline void vstore(T* p, const V& v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+template <typename V>
+inline V vclamp01(V t) {
+  const V zero = t - t;
+  const V one = zero + 1;
+  t = t > zero ? t : zero;
+  return t < one ? t : one;
+}
+
+// Everything one call shares: geometry of the padded planes, aperture constants, tap norms.
+template <typename T>
+struct Ctx {
+  static constexpr int N = Vec<T>::N;
+  int B = 0, C = 0, H = 0, W = 0;
+  int NP = 0;          // planes per batch item (multiple of G); plane 0 = mask (or s)
+  int KX = 0, KY = 0;  // global window half widths (= padding)
+  int P = 0, Hp = 0;   // row pitch and rows of a padded plane
+  size_t plane = 0;    // elements per padded plane
+  int NTX = 0;         // 2 KX + 1 (row length of the tap-norm table)
+  // aperture
+  int kind = 0;        // 0 disk, 1 polygon (roundness < 1), 2 image table
+  bool cats = false;
+  T sq = 1, kap = 0, hw1 = 0, hh1 = 0;
+  double sqd = 1, reach = 1;
+  int tab_h = 1, tab_w = 1;  // padded table size
+  std::vector<T> tab;         // padded table (tab_h x tab_w)
+  std::vector<T> ntap;        // shape norm n(d) of every tap (disk, polygon)
+  std::vector<T> vxp, vyp;    // cat's-eye frame positions per padded column / row
+  int nty = 0, ntx = 0;       // tiles of the neighbour bound
+  std::vector<T> tnb;         // per tile: largest radius whose footprint reaches it
+
+  bool fast() const { return kind != 2 && !cats; }
+  size_t idx(int y, int x) const { return static_cast<size_t>(y + KY) * P + (x + KX); }
+
+  // Largest |dy| with weight for radii <= rm (a small slack keeps boundary taps in).
+  int ky_for(double rm) const {
+    const double e = (rm + 0.5) * reach;
+    const int k = static_cast<int>(std::floor(e * (1 + 1e-6) + 1e-6));
+    return std::min(std::max(k, 0), KY);
+  }
+  // Largest |dx| with weight in row dy for radii <= rm, or -1 for an empty row.
+  int kx_for(double rm, int dy) const {
+    const double e = (rm + 0.5) * reach;
+    double h = e;
+    if (kind != 2) {
+      const double h2 = e * e * (1 + 2e-6) + 1e-6 - static_cast<double>(dy) * dy;
+      if (h2 < 0) return -1;
+      h = std::sqrt(h2);
+    }
+    const int k = static_cast<int>(std::floor(h / sqd * (1 + 1e-6) + 1e-6));
+    return std::min(std::max(k, 0), KX);
+  }
+  const T* ntap_row(int dy) const { return ntap.data() + static_cast<size_t>(dy + KY) * NTX + KX; }
+};
+
+// ------------------------------------------------------------------ the weight (general path)
+// W(d; R, v) and dW/dc for one pixel, exactly as Aperture.weight (R = c / 2).
+template <typename T>
+inline void weight1(const Ctx<T>& k, int dx, int dy, T n, T R, T vx, T vy, T& w, T& dw) {
+  const T half = T(0.5);
+  const T ex = T(dx) * k.sq, ey = T(dy);
+  if (k.kind == 2) {
+    const T scale = T(1) / (R + half);
+    const T xt = (ex * scale + T(1)) * k.hw1 + T(1);
+    const T yt = (ey * scale + T(1)) * k.hh1 + T(1);
+    const T x0f = std::floor(xt), y0f = std::floor(yt);
+    const T fx = xt - x0f, fy = yt - y0f;
+    const long x0 = static_cast<long>(x0f), y0 = static_cast<long>(y0f);
+    const long wp = k.tab_w, hp = k.tab_h;
+    const T* tab = k.tab.data();
+    auto at = [&](long yy, long xx) -> T {
+      return (xx >= 0 && xx < wp && yy >= 0 && yy < hp) ? tab[yy * wp + xx] : T(0);
+    };
+    const T t00 = at(y0, x0), t01 = at(y0, x0 + 1), t10 = at(y0 + 1, x0), t11 = at(y0 + 1, x0 + 1);
+    const T top = t00 + fx * (t01 - t00);
+    const T bot = t10 + fx * (t11 - t10);
+    w = top + fy * (bot - top);
+    const T dval_dx = (T(1) - fy) * (t01 - t00) + fy * (t11 - t10);
+    const T dval_dy = bot - top;
+    const T dxt = -k.hw1 * ex * scale * scale;
+    const T dyt = -k.hh1 * ey * scale * scale;
+    dw = half * (dval_dx * dxt + dval_dy * dyt);
+    if (dx == 0 && dy == 0) w += T(1e-6);
+  } else {
+    const T t = R + half - n;
+    w = std::min(std::max(t, T(0)), T(1));
+    dw = (t > T(0) && t < T(1)) ? half : T(0);
+  }
+  if (k.cats) {
+    const T kr = k.kap * R;
+    const T rx = ex - kr * vx, ry = ey - kr * vy;
+    const T rho = std::sqrt(std::max(rx * rx + ry * ry, T(1e-24)));
+    const T t2 = R + half - rho;
+    const T w2 = std::min(std::max(t2, T(0)), T(1));
+    const T dt2 = T(1) + k.kap * (rx * vx + ry * vy) / std::max(rho, T(1e-12));
+    const T dw2 = (t2 > T(0) && t2 < T(1)) ? half * dt2 : T(0);
+    if (w2 < w) {
+      w = w2;
+      dw = dw2;
+    }
+  }
+}
+
+// Weights of tap (dx, dy) for the N pixels of a block, general path.  R, vx: per pixel.
+template <typename T>
+inline void weight_block(const Ctx<T>& k, int dx, int dy, T n, const T* R, const T* vx, T vy,
+                         typename Vec<T>::type& w, typename Vec<T>::type* dw) {
+  constexpr int N = Vec<T>::N;
+  alignas(64) T wa[N];
+  alignas(64) T da[N];
+  for (int j = 0; j < N; ++j) weight1(k, dx, dy, n, R[j], vx ? vx[j] : T(0), vy, wa[j], da[j]);
+  w = vload<typename Vec<T>::type>(wa);
+  if (dw) *dw = vload<typename Vec<T>::type>(da);
+}
+
+template <typename V>
+inline V rim_dw(V t) {
+  const V zero = t - t;
+  const V one = zero + 1;
+  const V half = zero + 0.5;
+  return ((t > zero) & (t < one)) ? half : zero;
+}
+
+// Block extrema of R over the block's n valid pixels.
+template <typename T>
+inline void block_range(const T* R, int n, T& rmax, T& rmin) {
+  rmax = R[0];
+  rmin = R[0];
+  for (int j = 1; j < n; ++j) {
+    rmax = std::max(rmax, R[j]);
+    rmin = std::min(rmin, R[j]);
+  }
+}
+
+// ------------------------------------------------------------------ gather forward
+template <typename T, bool FAST>
+void gather_fwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, T* out, T* den, int b, int y) {
+  typedef typename Vec<T>::type V;
+  constexpr int N = Vec<T>::N;
+  const T* Rb = Rp + b * k.plane;
+  const T* Ib = Ip + static_cast<size_t>(b) * k.NP * k.plane;
+  const size_t hw = static_cast<size_t>(k.H) * k.W;
+  const T vy = k.cats ? k.vyp[y + k.KY] : T(0);
+  for (int x0 = 0; x0 < k.W; x0 += N) {
+    const int nb = std::min(N, k.W - x0);
+    const size_t base = k.idx(y, x0);
+    const T* R = Rb + base;
+    const T* vx = k.cats ? k.vxp.data() + k.KX + x0 : nullptr;
+    T rmax, rmin;
+    block_range(R, nb, rmax, rmin);
+    const T rm5 = rmax + T(0.5), rmin5 = rmin + T(0.5);
+    const V R5 = vload<V>(R) + T(0.5);
+    const int ky = k.ky_for(rmax);
+    alignas(64) T dn[N];
+    for (int g = 0; g < k.NP; g += G) {
+      V acc[G];
+      for (int c = 0; c < G; ++c) acc[c] = V{};
+      const T* pl = Ib + g * k.plane + base;
+      for (int dy = -ky; dy <= ky; ++dy) {
+        const int kx = k.kx_for(rmax, dy);
+        if (kx < 0) continue;
+        const T* nrow = k.ntap_row(dy);
+        const T* src = pl + static_cast<ptrdiff_t>(dy) * k.P;
+        for (int dx = -kx; dx <= kx; ++dx) {
+          const T* s = src + dx;
+          V w;
+          if (FAST) {
+            const T n = nrow[dx];
+            if (rm5 - n <= T(0)) continue;
+            if (rmin5 - n >= T(1)) {
+              for (int c = 0; c < G; ++c) acc[c] += vload<V>(s + c * k.plane);
+              continue;
+            }
+            w = vclamp01(R5 - n);
+          } else {
+            weight_block(k, dx, dy, k.kind == 2 ? T(0) : nrow[dx], R, vx, vy, w,
+                         static_cast<V*>(nullptr));
+          }
+          for (int c = 0; c < G; ++c) acc[c] += w * vload<V>(s + c * k.plane);
+        }
+      }
+      if (g == 0) vstore(dn, acc[0]);
+      for (int c = 0; c < G; ++c) {
+        const int ch = g + c - 1;
+        if (ch < 0 || ch >= k.C) continue;
+        alignas(64) T a[N];
+        vstore(a, acc[c]);
+        T* o = out + (static_cast<size_t>(b) * k.C + ch) * hw + static_cast<size_t>(y) * k.W + x0;
+        for (int j = 0; j < nb; ++j) o[j] = a[j] / dn[j];
+      }
+    }
+    T* d = den + static_cast<size_t>(b) * hw + static_cast<size_t>(y) * k.W + x0;
+    for (int j = 0; j < nb; ++j) d[j] = dn[j];
+  }
+}
+
+// ------------------------------------------------------------------ gather backward
+// dI(q) = sum_d W(d; c(q-d), q-d) gn(q-d)                   (neighbours' kernels)
+// dc(p) = sum_d W'(d; c(p), p) valid(p+d) [sum_ch gn(p) I(p+d)] - s(p) sum_d W' valid(p+d)
+template <typename T, bool FAST>
+void gather_bwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* Gp, T* d_img, T* d_coc,
+                    int b, int y, std::vector<typename Vec<T>::type>& gnp) {
+  typedef typename Vec<T>::type V;
+  constexpr int N = Vec<T>::N;
+  const T* Rb = Rp + b * k.plane;
+  const T* Ib = Ip + static_cast<size_t>(b) * k.NP * k.plane;
+  const T* Gb = Gp + static_cast<size_t>(b) * k.NP * k.plane;
+  const size_t hw = static_cast<size_t>(k.H) * k.W;
+  const T vy = k.cats ? k.vyp[y + k.KY] : T(0);
+  gnp.resize(k.NP);
+  for (int x0 = 0; x0 < k.W; x0 += N) {
+    const int nb = std::min(N, k.W - x0);
+    const size_t base = k.idx(y, x0);
+    const T* R = Rb + base;
+    const T* vx = k.cats ? k.vxp.data() + k.KX + x0 : nullptr;
+    T rmax, rmin;
+    block_range(R, nb, rmax, rmin);
+    const T rm5 = rmax + T(0.5), rmin5 = rmin + T(0.5);
+    const V R5 = vload<V>(R) + T(0.5);
+    // ---- d coc: p's own kernel derivative over p's own window (rim taps only)
+    gnp[0] = V{};
+    for (int c = 1; c < k.NP; ++c) gnp[c] = vload<V>(Gb + c * k.plane + base);
+    V acc = V{}, wsum = V{};
+    const int ky = k.ky_for(rmax);
+    for (int dy = -ky; dy <= ky; ++dy) {
+      const int kx = k.kx_for(rmax, dy);
+      if (kx < 0) continue;
+      const T* nrow = k.ntap_row(dy);
+      const T* src = Ib + base + static_cast<ptrdiff_t>(dy) * k.P;
+      for (int dx = -kx; dx <= kx; ++dx) {
+        const T* s = src + dx;
+        V dw, w;
+        if (FAST) {
+          const T n = nrow[dx];
+          if (rm5 - n <= T(0) || rmin5 - n >= T(1)) continue;
+          dw = rim_dw(R5 - n);
+        } else {
+          weight_block(k, dx, dy, k.kind == 2 ? T(0) : nrow[dx], R, vx, vy, w, &dw);
+        }
+        V gi = V{};
+        for (int c = 1; c < k.NP; ++c) gi += gnp[c] * vload<V>(s + c * k.plane);
+        acc += dw * gi;
+        wsum += dw * vload<V>(s);
+      }
+    }
+    {
+      alignas(64) T a[N], ws[N];
+      vstore(a, acc);
+      vstore(ws, wsum);
+      const T* sp = Gb + base;  // plane 0 of the gradient planes holds s
+      T* d = d_coc + static_cast<size_t>(b) * hw + static_cast<size_t>(y) * k.W + x0;
+      for (int j = 0; j < nb; ++j) d[j] = a[j] - ws[j] * sp[j];
+    }
+    // ---- d image: a gather over the neighbours p = q - d with their own kernels
+    const T rn = k.tnb[(static_cast<size_t>(b) * k.nty + y / TY) * k.ntx + x0 / N];
+    const T rn5 = rn + T(0.5);
+    const int kyn = k.ky_for(rn);
+    for (int g = 0; g < k.NP; g += G) {
+      if (g + G <= 1 || g > k.C) continue;  // groups with no real channel
+      V dimg[G];
+      for (int c = 0; c < G; ++c) dimg[c] = V{};
+      const T* pl = Gb + g * k.plane + base;
+      for (int dy = -kyn; dy <= kyn; ++dy) {
+        const int kx = k.kx_for(rn, dy);
+        if (kx < 0) continue;
+        const T* nrow = k.ntap_row(dy);
+        const ptrdiff_t qrow = -static_cast<ptrdiff_t>(dy) * k.P;
+        const T vyq = k.cats ? k.vyp[y - dy + k.KY] : T(0);
+        for (int dx = -kx; dx <= kx; ++dx) {
+          const ptrdiff_t q = qrow - dx;  // offset of the neighbour p = q - d
+          V w;
+          if (FAST) {
+            const T n = nrow[dx];
+            if (rn5 - n <= T(0)) continue;
+            w = vclamp01((vload<V>(R + q) + T(0.5)) - n);
+          } else {
+            weight_block(k, dx, dy, k.kind == 2 ? T(0) : nrow[dx], R + q,
+                         k.cats ? k.vxp.data() + k.KX + x0 - dx : nullptr, vyq, w,
+                         static_cast<V*>(nullptr));
+          }
+          const T* s = pl + q;
+          for (int c = 0; c < G; ++c) dimg[c] += w * vload<V>(s + c * k.plane);
+        }
+      }
+      for (int c = 0; c < G; ++c) {
+        const int ch = g + c - 1;
+        if (ch < 0 || ch >= k.C) continue;
+        alignas(64) T a[N];
+        vstore(a, dimg[c]);
+        T* o = d_img + (static_cast<size_t>(b) * k.C + ch) * hw + static_cast<size_t>(y) * k.W + x0;
+        for (int j = 0; j < nb; ++j) o[j] = a[j];
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------ scatter: kernel mass
+// izp(q) = 1 / Z(q), Z(q) = sum_d W(d; c(q), q) over the whole window (no border).
+template <typename T, bool FAST>
+void mass_row(const Ctx<T>& k, const T* Rp, T* izp, int b, int y) {
+  typedef typename Vec<T>::type V;
+  constexpr int N = Vec<T>::N;
+  const T* Rb = Rp + b * k.plane;
+  const T vy = k.cats ? k.vyp[y + k.KY] : T(0);
+  for (int x0 = 0; x0 < k.W; x0 += N) {
+    const int nb = std::min(N, k.W - x0);
+    const size_t base = k.idx(y, x0);
+    const T* R = Rb + base;
+    const T* vx = k.cats ? k.vxp.data() + k.KX + x0 : nullptr;
+    T rmax, rmin;
+    block_range(R, nb, rmax, rmin);
+    const T rm5 = rmax + T(0.5), rmin5 = rmin + T(0.5);
+    const V R5 = vload<V>(R) + T(0.5);
+    const int ky = k.ky_for(rmax);
+    V z = V{};
+    for (int dy = -ky; dy <= ky; ++dy) {
+      const int kx = k.kx_for(rmax, dy);
+      if (kx < 0) continue;
+      const T* nrow = k.ntap_row(dy);
+      for (int dx = -kx; dx <= kx; ++dx) {
+        V w;
+        if (FAST) {
+          const T n = nrow[dx];
+          if (rm5 - n <= T(0)) continue;
+          if (rmin5 - n >= T(1)) {
+            z += T(1);
+            continue;
+          }
+          w = vclamp01(R5 - n);
+        } else {
+          weight_block(k, dx, dy, k.kind == 2 ? T(0) : nrow[dx], R, vx, vy, w,
+                       static_cast<V*>(nullptr));
+        }
+        z += w;
+      }
+    }
+    alignas(64) T a[N];
+    vstore(a, z);
+    T* o = izp + b * k.plane + base;
+    for (int j = 0; j < nb; ++j) o[j] = T(1) / a[j];
+  }
+}
+
+// ------------------------------------------------------------------ scatter forward
+// out(p) = sum_d a(p-d, d) I(p-d) / den(p),  a(q, d) = W(d; c(q), q) / Z(q)  (0 outside)
+template <typename T, bool FAST>
+void scatter_fwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* izp, T* out, T* den,
+                     int b, int y) {
+  typedef typename Vec<T>::type V;
+  constexpr int N = Vec<T>::N;
+  const T* Rb = Rp + b * k.plane;
+  const T* Zb = izp + b * k.plane;
+  const T* Ib = Ip + static_cast<size_t>(b) * k.NP * k.plane;
+  const size_t hw = static_cast<size_t>(k.H) * k.W;
+  for (int x0 = 0; x0 < k.W; x0 += N) {
+    const int nb = std::min(N, k.W - x0);
+    const size_t base = k.idx(y, x0);
+    const T rn = k.tnb[(static_cast<size_t>(b) * k.nty + y / TY) * k.ntx + x0 / N];
+    const T rn5 = rn + T(0.5);
+    const int kyn = k.ky_for(rn);
+    alignas(64) T dn[N];
+    for (int g = 0; g < k.NP; g += G) {
+      if (g > k.C) continue;
+      V acc[G];
+      for (int c = 0; c < G; ++c) acc[c] = V{};
+      const T* pl = Ib + g * k.plane;
+      for (int dy = -kyn; dy <= kyn; ++dy) {
+        const int kx = k.kx_for(rn, dy);
+        if (kx < 0) continue;
+        const T* nrow = k.ntap_row(dy);
+        const ptrdiff_t qrow = static_cast<ptrdiff_t>(base) - static_cast<ptrdiff_t>(dy) * k.P;
+        const T vyq = k.cats ? k.vyp[y - dy + k.KY] : T(0);
+        for (int dx = -kx; dx <= kx; ++dx) {
+          const ptrdiff_t q = qrow - dx;  // the source pixel q = p - d
+          V w;
+          if (FAST) {
+            const T n = nrow[dx];
+            if (rn5 - n <= T(0)) continue;
+            w = vclamp01((vload<V>(Rb + q) + T(0.5)) - n);
+          } else {
+            weight_block(k, dx, dy, k.kind == 2 ? T(0) : nrow[dx], Rb + q,
+                         k.cats ? k.vxp.data() + k.KX + x0 - dx : nullptr, vyq, w,
+                         static_cast<V*>(nullptr));
+          }
+          const V a = w * vload<V>(Zb + q);
+          for (int c = 0; c < G; ++c) acc[c] += a * vload<V>(pl + q + c * k.plane);
+        }
+      }
+      if (g == 0) vstore(dn, acc[0]);
+      for (int c = 0; c < G; ++c) {
+        const int ch = g + c - 1;
+        if (ch < 0 || ch >= k.C) continue;
+        alignas(64) T a[N];
+        vstore(a, acc[c]);
+        T* o = out + (static_cast<size_t>(b) * k.C + ch) * hw + static_cast<size_t>(y) * k.W + x0;
+        for (int j = 0; j < nb; ++j) o[j] = a[j] / dn[j];
+      }
+    }
+    T* d = den + static_cast<size_t>(b) * hw + static_cast<size_t>(y) * k.W + x0;
+    for (int j = 0; j < nb; ++j) d[j] = dn[j];
+  }
+}
+
+// ------------------------------------------------------------------ scatter backward
+// With da(q, d) = sum_ch I(q) gn(q+d) - s(q+d) (gn, s zero outside the frame):
+// dI(q) = sum_d W gn(q+d) / Z;  dc(q) = sum_d W' da / Z - Z' sum_d W da / Z^2.
+template <typename T, bool FAST>
+void scatter_bwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* Gp, T* d_img, T* d_coc,
+                     int b, int y) {
+  typedef typename Vec<T>::type V;
+  constexpr int N = Vec<T>::N;
+  const T* Rb = Rp + b * k.plane;
+  const T* Ib = Ip + static_cast<size_t>(b) * k.NP * k.plane;
+  const T* Gb = Gp + static_cast<size_t>(b) * k.NP * k.plane;
+  const size_t hw = static_cast<size_t>(k.H) * k.W;
+  const T vy = k.cats ? k.vyp[y + k.KY] : T(0);
+  for (int x0 = 0; x0 < k.W; x0 += N) {
+    const int nb = std::min(N, k.W - x0);
+    const size_t base = k.idx(y, x0);
+    const T* R = Rb + base;
+    const T* vx = k.cats ? k.vxp.data() + k.KX + x0 : nullptr;
+    T rmax, rmin;
+    block_range(R, nb, rmax, rmin);
+    const T rm5 = rmax + T(0.5), rmin5 = rmin + T(0.5);
+    const V R5 = vload<V>(R) + T(0.5);
+    const int ky = k.ky_for(rmax);
+    V z = V{}, zp = V{}, pa = V{}, qa = V{}, ps = V{}, qs = V{};
+    V iz = V{};
+    for (int g = 0; g < k.NP; g += G) {
+      if (g > k.C) continue;
+      V iq[G], dimg[G];
+      for (int c = 0; c < G; ++c) {
+        iq[c] = (g + c == 0) ? V{} : vload<V>(Ib + (g + c) * k.plane + base);
+        dimg[c] = V{};
+      }
+      const T* pl = Gb + g * k.plane + base;
+      for (int dy = -ky; dy <= ky; ++dy) {
+        const int kx = k.kx_for(rmax, dy);
+        if (kx < 0) continue;
+        const T* nrow = k.ntap_row(dy);
+        const T* src = pl + static_cast<ptrdiff_t>(dy) * k.P;
+        for (int dx = -kx; dx <= kx; ++dx) {
+          const T n = nrow[dx];
+          if (FAST && rm5 - n <= T(0)) continue;
+          const T* s = src + dx;
+          V gq[G];
+          for (int c = 0; c < G; ++c) gq[c] = vload<V>(s + c * k.plane);
+          V gi = V{};
+          for (int c = 0; c < G; ++c) gi += iq[c] * gq[c];
+          if (FAST) {
+            if (rmin5 - n >= T(1)) {  // weight 1, derivative 0 for the whole block
+              for (int c = 0; c < G; ++c) dimg[c] += gq[c];
+              qa += gi;
+              if (g == 0) {
+                z += T(1);
+                qs += gq[0];
+              }
+              continue;
+            }
+            const V t = R5 - n;
+            const V w = vclamp01(t), dw = rim_dw(t);
+            for (int c = 0; c < G; ++c) dimg[c] += w * gq[c];
+            pa += dw * gi;
+            qa += w * gi;
+            if (g == 0) {
+              z += w;
+              zp += dw;
+              ps += dw * gq[0];
+              qs += w * gq[0];
+            }
+          } else {
+            V w, dw;
+            weight_block(k, dx, dy, n, R, vx, vy, w, &dw);
+            for (int c = 0; c < G; ++c) dimg[c] += w * gq[c];
+            pa += dw * gi;
+            qa += w * gi;
+            if (g == 0) {
+              z += w;
+              zp += dw;
+              ps += dw * gq[0];
+              qs += w * gq[0];
+            }
+          }
+        }
+      }
+      if (g == 0) iz = T(1) / z;
+      for (int c = 0; c < G; ++c) {
+        const int ch = g + c - 1;
+        if (ch < 0 || ch >= k.C) continue;
+        alignas(64) T a[N];
+        vstore(a, dimg[c] * iz);
+        T* o = d_img + (static_cast<size_t>(b) * k.C + ch) * hw + static_cast<size_t>(y) * k.W + x0;
+        for (int j = 0; j < nb; ++j) o[j] = a[j];
+      }
+    }
+    alignas(64) T a[N];
+    vstore(a, (pa - ps) * iz - (qa - qs) * zp * iz * iz);
+    T* d = d_coc + static_cast<size_t>(b) * hw + static_cast<size_t>(y) * k.W + x0;
+    for (int j = 0; j < nb; ++j) d[j] = a[j];
+  }
+}
+
+// ------------------------------------------------------------------ set-up
+template <typename T>
+struct Buffer {
+  std::unique_ptr<T[]> p;
+  explicit Buffer(size_t n) : p(new T[n == 0 ? 1 : n]) {}
+  T* get() const { return p.get(); }
+};
+
+// Build the context: windows, padding, tap norms, positions, aperture table.
+template <typename T>
+void setup(Ctx<T>& k, const T* coc, const T* table, int tab_h, int tab_w, const double* prm,
+           int B, int C, int H, int W, int nthreads) {
+  k.B = B;
+  k.C = C;
+  k.H = H;
+  k.W = W;
+  const int kind = static_cast<int>(std::lround(prm[0]));
+  const int blades = static_cast<int>(std::lround(prm[1]));
+  const double rot = prm[2], rnd = prm[3], sq = prm[4], kap = prm[5];
+  k.kind = (kind == 1 && rnd >= 1.0) ? 0 : kind;  // a fully round polygon is the disk
+  k.cats = kap > 0.0;
+  k.sq = T(sq);
+  k.sqd = sq;
+  k.kap = T(kap);
+  if (k.kind == 2) {
+    k.tab_h = tab_h;
+    k.tab_w = tab_w;
+    k.tab.assign(table, table + static_cast<size_t>(tab_h) * tab_w);
+    const int th = tab_h - 2, tw = tab_w - 2;
+    k.hw1 = T(0.5 * (tw - 1));
+    k.hh1 = T(0.5 * (th - 1));
+    k.reach = 1.0 + 2.0 / (std::min(th, tw) - 1);
+  }
+  // global window from the largest radius
+  const size_t hw = static_cast<size_t>(H) * W;
+  double cmax = 0.0;
+  for (size_t i = 0; i < static_cast<size_t>(B) * hw; ++i) cmax = std::max(cmax, double(coc[i]));
+  k.KX = k.KY = 1 << 28;
+  const double rmax = 0.5 * cmax;
+  k.KY = k.ky_for(rmax);
+  k.KX = k.kx_for(rmax, 0);
+  k.NTX = 2 * k.KX + 1;
+  k.NP = ((C + 1 + G - 1) / G) * G;
+  constexpr int N = Vec<T>::N;
+  int P = W + 2 * k.KX + N;
+  P = ((P + 15) / 16) * 16;
+  if ((static_cast<size_t>(P) * sizeof(T)) % 4096 == 0) P += 16;
+  k.P = P;
+  k.Hp = H + 2 * k.KY;
+  k.plane = static_cast<size_t>(k.Hp) * P;
+  // tap norms (disk, polygon) in T, in the reference's order of operations
+  k.ntap.assign(static_cast<size_t>(2 * k.KY + 1) * k.NTX, T(0));
+  if (k.kind != 2) {
+    std::vector<T> cs, sn;
+    const T inv = T(std::cos(M_PI / std::max(blades, 3)));
+    if (k.kind == 1) {
+      for (int i = 0; i < blades; ++i) {
+        const double a = rot + (2 * i + 1) * M_PI / blades;
+        cs.push_back(T(std::cos(a)));
+        sn.push_back(T(std::sin(a)));
+      }
+    }
+    for (int dy = -k.KY; dy <= k.KY; ++dy) {
+      for (int dx = -k.KX; dx <= k.KX; ++dx) {
+        const T ex = T(dx) * k.sq, ey = T(dy);
+        T n = std::sqrt(ex * ex + ey * ey);
+        if (k.kind == 1) {
+          T m = ex * cs[0] + ey * sn[0];
+          for (int i = 1; i < blades; ++i) m = std::max(m, ex * cs[i] + ey * sn[i]);
+          const T poly = m / inv;
+          n = T(1.0 - rnd) * poly + T(rnd) * n;
+        }
+        k.ntap[static_cast<size_t>(dy + k.KY) * k.NTX + dx + k.KX] = n;
+      }
+    }
+  }
+  if (k.cats) {
+    const double hd = 0.5 * std::sqrt(double(H) * H + double(W) * W);
+    const T cx = T((W - 1) / 2.0), cy = T((H - 1) / 2.0), thd = T(hd);
+    k.vxp.resize(P + N);
+    k.vyp.resize(k.Hp);
+    for (int i = 0; i < P + N; ++i) k.vxp[i] = (T(i - k.KX) - cx) / thd;
+    for (int i = 0; i < k.Hp; ++i) k.vyp[i] = (T(i - k.KY) - cy) / thd;
+  }
+  (void)nthreads;
+}
+
+// Padded radius plane: R = c / 2 inside, 0 outside.
+template <typename T>
+void fill_radius(const Ctx<T>& k, const T* coc, T* Rp, int nthreads) {
+  const size_t hw = static_cast<size_t>(k.H) * k.W;
+  const long rows = static_cast<long>(k.B) * k.Hp;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (long r = 0; r < rows; ++r) {
+    const int b = static_cast<int>(r / k.Hp), yp = static_cast<int>(r % k.Hp), y = yp - k.KY;
+    T* row = Rp + b * k.plane + static_cast<size_t>(yp) * k.P;
+    std::fill(row, row + k.P, T(0));
+    if (y < 0 || y >= k.H) continue;
+    const T* src = coc + b * hw + static_cast<size_t>(y) * k.W;
+    for (int x = 0; x < k.W; ++x) row[k.KX + x] = T(0.5) * src[x];
+  }
+}
+
+// Padded planes: plane 0 = first0 (mask 1 when null), planes 1..C = channels, rest zero.
+// When `den` is given the channels are grad / den and plane 0 is s = sum_ch gn * out.
+template <typename T>
+void fill_planes(const Ctx<T>& k, const T* src, const T* den, const T* out, T* dst, int nthreads) {
+  const size_t hw = static_cast<size_t>(k.H) * k.W;
+  const long rows = static_cast<long>(k.B) * k.Hp;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (long r = 0; r < rows; ++r) {
+    const int b = static_cast<int>(r / k.Hp), yp = static_cast<int>(r % k.Hp), y = yp - k.KY;
+    T* b0 = dst + static_cast<size_t>(b) * k.NP * k.plane + static_cast<size_t>(yp) * k.P;
+    for (int c = 0; c < k.NP; ++c) std::fill(b0 + c * k.plane, b0 + c * k.plane + k.P, T(0));
+    if (y < 0 || y >= k.H) continue;
+    const size_t off = static_cast<size_t>(y) * k.W;
+    T* p0 = b0 + k.KX;
+    if (den == nullptr) {
+      for (int x = 0; x < k.W; ++x) p0[x] = T(1);
+      for (int c = 0; c < k.C; ++c) {
+        const T* s = src + (static_cast<size_t>(b) * k.C + c) * hw + off;
+        std::memcpy(p0 + (c + 1) * k.plane, s, sizeof(T) * k.W);
+      }
+    } else {
+      const T* dn = den + b * hw + off;
+      for (int c = 0; c < k.C; ++c) {
+        const T* g = src + (static_cast<size_t>(b) * k.C + c) * hw + off;
+        const T* o = out + (static_cast<size_t>(b) * k.C + c) * hw + off;
+        T* gp = p0 + (c + 1) * k.plane;
+        for (int x = 0; x < k.W; ++x) {
+          gp[x] = g[x] / dn[x];
+          p0[x] += gp[x] * o[x];
+        }
+      }
+    }
+  }
+}
+
+// Neighbour bound: for every tile, the largest radius of any tile whose footprint reaches it.
+template <typename T>
+void neighbour_bound(Ctx<T>& k, const T* Rp, int nthreads) {
+  constexpr int N = Vec<T>::N;
+  k.nty = (k.H + TY - 1) / TY;
+  k.ntx = (k.W + N - 1) / N;
+  const size_t nt = static_cast<size_t>(k.nty) * k.ntx;
+  std::vector<T> tmax(k.B * nt, T(0));
+  const long tiles = static_cast<long>(k.B) * k.nty;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (long r = 0; r < tiles; ++r) {
+    const int b = static_cast<int>(r / k.nty), ty = static_cast<int>(r % k.nty);
+    for (int y = ty * TY; y < std::min(k.H, (ty + 1) * TY); ++y) {
+      const T* row = Rp + b * k.plane + k.idx(y, 0);
+      for (int x = 0; x < k.W; ++x) {
+        T& m = tmax[b * nt + static_cast<size_t>(ty) * k.ntx + x / N];
+        m = std::max(m, row[x]);
+      }
+    }
+  }
+  k.tnb.assign(k.B * nt, T(0));
+  const int rty = (k.KY + TY - 1) / TY + 1, rtx = (k.KX + N - 1) / N + 1;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (long r = 0; r < tiles; ++r) {
+    const int b = static_cast<int>(r / k.nty), ty = static_cast<int>(r % k.nty);
+    for (int tx = 0; tx < k.ntx; ++tx) {
+      T best = T(0);
+      for (int j = std::max(0, ty - rty); j <= std::min(k.nty - 1, ty + rty); ++j) {
+        const int gy = std::max(0, (std::abs(j - ty) - 1) * TY + 1);
+        for (int i = std::max(0, tx - rtx); i <= std::min(k.ntx - 1, tx + rtx); ++i) {
+          const T m = tmax[b * nt + static_cast<size_t>(j) * k.ntx + i];
+          if (m <= best) continue;
+          const int gx = std::max(0, (std::abs(i - tx) - 1) * N + 1);
+          if (gy <= k.ky_for(m) && gx <= k.kx_for(m, 0)) best = m;
+        }
+      }
+      k.tnb[b * nt + static_cast<size_t>(ty) * k.ntx + tx] = best;
+    }
+  }
+}
+
+template <typename T>
+void forward(const T* img, const T* coc, const T* table, int tab_h, int tab_w, const double* prm,
+             int method, int B, int C, int H, int W, T* out, T* den, int nthreads) {
+  Ctx<T> k;
+  setup(k, coc, table, tab_h, tab_w, prm, B, C, H, W, nthreads);
+  Buffer<T> Rp(B * k.plane);
+  fill_radius(k, coc, Rp.get(), nthreads);
+  Buffer<T> Ip(static_cast<size_t>(B) * k.NP * k.plane);
+  fill_planes(k, img, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), Ip.get(),
+              nthreads);
+  const long rows = static_cast<long>(B) * H;
+  const bool fast = k.fast();
+  if (method == 0) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+    for (long r = 0; r < rows; ++r) {
+      const int b = static_cast<int>(r / H), y = static_cast<int>(r % H);
+      if (fast) gather_fwd_row<T, true>(k, Rp.get(), Ip.get(), out, den, b, y);
+      else gather_fwd_row<T, false>(k, Rp.get(), Ip.get(), out, den, b, y);
+    }
+  } else {
+    neighbour_bound(k, Rp.get(), nthreads);
+    Buffer<T> iz(B * k.plane);
+    const long prow = static_cast<long>(B) * k.Hp;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (long r = 0; r < prow; ++r) std::fill(iz.get() + r * k.P, iz.get() + (r + 1) * k.P, T(0));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+    for (long r = 0; r < rows; ++r) {
+      const int b = static_cast<int>(r / H), y = static_cast<int>(r % H);
+      if (fast) mass_row<T, true>(k, Rp.get(), iz.get(), b, y);
+      else mass_row<T, false>(k, Rp.get(), iz.get(), b, y);
+    }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+    for (long r = 0; r < rows; ++r) {
+      const int b = static_cast<int>(r / H), y = static_cast<int>(r % H);
+      if (fast) scatter_fwd_row<T, true>(k, Rp.get(), Ip.get(), iz.get(), out, den, b, y);
+      else scatter_fwd_row<T, false>(k, Rp.get(), Ip.get(), iz.get(), out, den, b, y);
+    }
+  }
+}
+
+template <typename T>
+void backward(const T* grad, const T* img, const T* coc, const T* table, int tab_h, int tab_w,
+              const double* prm, int method, int B, int C, int H, int W, const T* out,
+              const T* den, T* d_img, T* d_coc, int nthreads) {
+  Ctx<T> k;
+  setup(k, coc, table, tab_h, tab_w, prm, B, C, H, W, nthreads);
+  Buffer<T> Rp(B * k.plane);
+  fill_radius(k, coc, Rp.get(), nthreads);
+  Buffer<T> Ip(static_cast<size_t>(B) * k.NP * k.plane);
+  fill_planes(k, img, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), Ip.get(),
+              nthreads);
+  Buffer<T> Gp(static_cast<size_t>(B) * k.NP * k.plane);
+  fill_planes(k, grad, den, out, Gp.get(), nthreads);
+  const long rows = static_cast<long>(B) * H;
+  const bool fast = k.fast();
+  if (method == 0) {
+    neighbour_bound(k, Rp.get(), nthreads);
+#pragma omp parallel num_threads(nthreads)
+    {
+      std::vector<typename Vec<T>::type> gnp;
+#pragma omp for schedule(dynamic, 1)
+      for (long r = 0; r < rows; ++r) {
+        const int b = static_cast<int>(r / H), y = static_cast<int>(r % H);
+        if (fast) gather_bwd_row<T, true>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc, b, y, gnp);
+        else gather_bwd_row<T, false>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc, b, y, gnp);
+      }
+    }
+  } else {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+    for (long r = 0; r < rows; ++r) {
+      const int b = static_cast<int>(r / H), y = static_cast<int>(r % H);
+      if (fast) scatter_bwd_row<T, true>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc, b, y);
+      else scatter_bwd_row<T, false>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc, b, y);
+    }
+  }
+}
+
+int report(const char* what, char* err, int errlen) {
+  if (err && errlen > 0) {
+    std::strncpy(err, what, errlen - 1);
+    err[errlen - 1] = 0;
+  }
+  return 1;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ C entry points
+// method: 0 gather, 1 scatter.  params: [kind_id, blades, rotation_rad, roundness, squeeze,
+// cats_eye].  table: the padded (tab_h x tab_w) image table in T.  All tensors contiguous.
+// Returns 0 on success, 1 with a message in err otherwise (no exception crosses this line).
+#define LB_TRY(expr)                                 \
+  try {                                              \
+    expr;                                            \
+    return 0;                                        \
+  } catch (const std::bad_alloc&) {                  \
+    return report("out of memory", err, errlen);     \
+  } catch (const std::exception& e) {                \
+    return report(e.what(), err, errlen);            \
+  } catch (...) {                                    \
+    return report("unknown error", err, errlen);     \
+  }
+
+extern "C" {
+
+int lensblur_forward_f32(const float* img, const float* coc, const float* table, int tab_h,
+                         int tab_w, const double* prm, int method, int B, int C, int H, int W,
+                         float* out, float* den, int nthreads, char* err, int errlen) {
+  LB_TRY(forward<float>(img, coc, table, tab_h, tab_w, prm, method, B, C, H, W, out, den, nthreads))
+}
+
+int lensblur_forward_f64(const double* img, const double* coc, const double* table, int tab_h,
+                         int tab_w, const double* prm, int method, int B, int C, int H, int W,
+                         double* out, double* den, int nthreads, char* err, int errlen) {
+  LB_TRY(forward<double>(img, coc, table, tab_h, tab_w, prm, method, B, C, H, W, out, den, nthreads))
+}
+
+int lensblur_backward_f32(const float* grad, const float* img, const float* coc, const float* table,
+                          int tab_h, int tab_w, const double* prm, int method, int B, int C, int H,
+                          int W, const float* out, const float* den, float* d_img, float* d_coc,
+                          int nthreads, char* err, int errlen) {
+  LB_TRY(backward<float>(grad, img, coc, table, tab_h, tab_w, prm, method, B, C, H, W, out, den,
+                         d_img, d_coc, nthreads))
+}
+
+int lensblur_backward_f64(const double* grad, const double* img, const double* coc,
+                          const double* table, int tab_h, int tab_w, const double* prm, int method,
+                          int B, int C, int H, int W, const double* out, const double* den,
+                          double* d_img, double* d_coc, int nthreads, char* err, int errlen) {
+  LB_TRY(backward<double>(grad, img, coc, table, tab_h, tab_w, prm, method, B, C, H, W, out, den,
+                          d_img, d_coc, nthreads))
+}
+
+}  // extern "C"
