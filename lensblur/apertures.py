@@ -81,16 +81,17 @@ class Aperture:
             blades: number of blades (edges), >= 3.
             rotation_deg: rotation in degrees (counter-clockwise on screen is negative y).
             roundness: 0 = straight edges, 1 = a disk; values between blend the two.
+
+        ``rotation_deg`` and ``roundness`` may be 0-d tensors that require grad: the blur is then
+        differentiable w.r.t. them (see :mod:`lensblur.learnable`).
         """
         if isinstance(blades, bool) or not isinstance(blades, numbers.Integral):
             raise TypeError(f"`blades` must be an integer, got {type(blades).__name__}")
         if blades < 3:
             raise LensBlurError(f"`blades` must be >= 3, got {blades}")
-        if isinstance(rotation_deg, bool) or not isinstance(rotation_deg, numbers.Real) \
-                or not math.isfinite(rotation_deg):
-            raise LensBlurError(f"`rotation_deg` must be a finite number, got {rotation_deg!r}")
-        return cls(kind="polygon", blades=int(blades), rotation_deg=float(rotation_deg),
-                   roundness=check_range(roundness, "roundness", 0.0, 1.0),
+        return cls(kind="polygon", blades=int(blades),
+                   rotation_deg=_check_shape_param(rotation_deg, "rotation_deg", None, None),
+                   roundness=_check_shape_param(roundness, "roundness", 0.0, 1.0),
                    squeeze=_check_squeeze(squeeze), cats_eye=_check_cats_eye(cats_eye))
 
     @classmethod
@@ -98,7 +99,9 @@ class Aperture:
                    cats_eye: float = 0.0) -> "Aperture":
         """An aperture given by a non-negative ``(h, w)`` image (any size, e.g. a star or a heart).
 
-        The image is stretched over the blur diameter; its scale does not matter.
+        The image is stretched over the blur diameter; its scale does not matter.  If ``kernel``
+        requires grad, :func:`~lensblur.defocus` and :func:`~lensblur.render` propagate
+        gradients to it.
         """
         if not isinstance(kernel, torch.Tensor):
             raise TypeError(f"`kernel` must be a torch.Tensor, got {type(kernel).__name__}")
@@ -106,16 +109,18 @@ class Aperture:
             raise TypeError(f"`kernel` must be a floating point tensor, got dtype {kernel.dtype}")
         if kernel.dim() != 2 or min(kernel.shape) == 0:
             raise LensBlurError(f"`kernel` must have shape (h, w), got {tuple(kernel.shape)}")
-        k = kernel.detach().to(torch.float32)
-        if not bool(torch.isfinite(k).all()):
+        k = kernel if kernel.dtype == torch.float64 else kernel.to(torch.float32)
+        kd = k.detach()
+        if not bool(torch.isfinite(kd).all()):
             raise LensBlurError("`kernel` contains NaN or infinite values")
-        if bool((k < 0).any()):
+        if bool((kd < 0).any()):
             raise LensBlurError("`kernel` must be non-negative")
-        if not bool((k > 0).any()):
+        if not bool((kd > 0).any()):
             raise LensBlurError("`kernel` must have a positive entry")
         if min(k.shape) < _MIN_TABLE:
             h, w = max(k.shape[0], _MIN_TABLE), max(k.shape[1], _MIN_TABLE)
             k = torch.nn.functional.interpolate(k[None, None], size=(h, w), mode="nearest")[0, 0]
+        # max-normalised; differentiable when ``kernel`` requires grad (a learnable aperture)
         return cls(kind="image", table=(k / k.max()).contiguous(), squeeze=_check_squeeze(squeeze),
                    cats_eye=_check_cats_eye(cats_eye))
 
@@ -133,13 +138,22 @@ class Aperture:
         return KIND_IDS[self.kind]
 
     @property
-    def rotation_rad(self) -> float:
+    def rotation_rad(self):
+        """Rotation in radians (a float, or a 0-d tensor when ``rotation_deg`` is one)."""
+        if isinstance(self.rotation_deg, torch.Tensor):
+            return torch.deg2rad(self.rotation_deg)
         return math.radians(self.rotation_deg)
+
+    @property
+    def requires_grad(self) -> bool:
+        """True when a shape parameter (image table, rotation, roundness) requires grad."""
+        return any(isinstance(v, torch.Tensor) and v.requires_grad
+                   for v in (self.table, self.rotation_deg, self.roundness))
 
     def kernel_params(self) -> list:
         """``[kind_id, blades, rotation_rad, roundness, squeeze, cats_eye]`` as the kernels take them."""
-        return [float(self.kind_id), float(self.blades), self.rotation_rad, float(self.roundness),
-                float(self.squeeze), float(self.cats_eye)]
+        return [float(self.kind_id), float(self.blades), float(_value(self.rotation_rad)),
+                float(_value(self.roundness)), float(self.squeeze), float(self.cats_eye)]
 
     def table_padded(self, device=None, dtype=torch.float32) -> torch.Tensor:
         """The image table with a one-texel zero border, ``(h + 2, w + 2)``."""
@@ -176,13 +190,15 @@ class Aperture:
     def shape_norm(self, ex: torch.Tensor, ey: torch.Tensor) -> torch.Tensor:
         """The shape's norm ``n(e)`` (disk and polygon), boundary at ``n = R + 1/2``."""
         r = torch.sqrt(ex * ex + ey * ey)
-        if self.kind == "disk" or self.roundness >= 1.0:
+        if self.kind == "disk" or (not isinstance(self.roundness, torch.Tensor) and self.roundness >= 1.0):
             return r
         b = self.blades
+        rot = self.rotation_rad
+        cos, sin = (torch.cos, torch.sin) if isinstance(rot, torch.Tensor) else (math.cos, math.sin)
         m = None
         for k in range(b):
-            a = self.rotation_rad + (2 * k + 1) * math.pi / b
-            dot = ex * math.cos(a) + ey * math.sin(a)
+            a = rot + (2 * k + 1) * math.pi / b
+            dot = ex * cos(a) + ey * sin(a)
             m = dot if m is None else torch.maximum(m, dot)
         poly = m / math.cos(math.pi / b)
         return (1.0 - self.roundness) * poly + self.roundness * r
@@ -285,6 +301,26 @@ class Aperture:
         dy, dx = torch.meshgrid(offs, offs, indexing="ij")
         w, _ = self.weight(dx, dy, c)
         return w / w.sum()
+
+
+def _value(v) -> float:
+    return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def _check_shape_param(v, name: str, lo, hi):
+    """A float, or a finite 0-d floating tensor (kept as is, so gradients can flow to it)."""
+    if isinstance(v, torch.Tensor):
+        if v.dim() != 0 or not v.is_floating_point():
+            raise LensBlurError(f"`{name}` must be a float or a 0-d floating point tensor")
+        x = float(v.detach())
+    elif isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"`{name}` must be a real number or a 0-d tensor, got {type(v).__name__}")
+    else:
+        x = float(v)
+    if not math.isfinite(x) or (lo is not None and x < lo) or (hi is not None and x > hi):
+        rng = f" in [{lo}, {hi}]" if lo is not None else ""
+        raise LensBlurError(f"`{name}` must be finite{rng}, got {x}")
+    return v if isinstance(v, torch.Tensor) else x
 
 
 def _check_squeeze(v) -> float:

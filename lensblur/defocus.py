@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 from types import ModuleType
 from typing import Optional
 
@@ -81,7 +82,10 @@ def defocus(image: torch.Tensor, coc: torch.Tensor, aperture: Optional[Aperture]
     Args:
         image: ``(B, C, H, W)`` float tensor (linear radiance).
         coc: ``(B, 1, H, W)`` circle-of-confusion **diameter** in pixels, >= 0.
-        aperture: an :class:`~lensblur.Aperture` (``None`` = disk).
+        aperture: an :class:`~lensblur.Aperture` (``None`` = disk).  If its shape tensors
+            require grad (a learnable aperture, :mod:`lensblur.learnable`), the call runs on the
+            PyTorch reference differentiated by autograd, whatever ``backend`` says (with one
+            warning per backend), so that the aperture receives its gradient.
         method: ``"gather"`` or ``"scatter"``.
         backend: ``"auto"``, ``"triton"``, ``"native"`` or ``"torch"`` (the reference).
 
@@ -103,5 +107,22 @@ def defocus(image: torch.Tensor, coc: torch.Tensor, aperture: Optional[Aperture]
     elif not isinstance(aperture, Aperture):
         raise TypeError(f"`aperture` must be a lensblur.Aperture or None, got {type(aperture).__name__}")
     name = resolve_backend(backend, image.device)
-    mod = _module(name)
-    return mod.defocus(image, coc, aperture, method)
+    if aperture.requires_grad and torch.is_grad_enabled():
+        # Gradients w.r.t. the aperture's own tensors come from the reference, differentiated by
+        # autograd (chunked and checkpointed); the compiled kernels take the shape as constants.
+        if name != "torch":
+            _warn_aperture_fallback(name)
+        from .ops.reference import defocus_autograd
+        return defocus_autograd(image, coc, aperture, method)
+    return _module(name).defocus(image, coc, aperture, method)
+
+
+_WARNED_APERTURE_FALLBACK = set()
+
+
+def _warn_aperture_fallback(name: str) -> None:
+    if name not in _WARNED_APERTURE_FALLBACK:
+        _WARNED_APERTURE_FALLBACK.add(name)
+        warnings.warn(f"the {name!r} backend has no kernels for gradients w.r.t. the aperture "
+                      "shape; blurs with a learnable aperture run on the PyTorch reference "
+                      "(backend='torch') instead", RuntimeWarning, stacklevel=3)

@@ -38,10 +38,11 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..apertures import Aperture
 
-__all__ = ["defocus", "gather_forward", "scatter_forward", "gather_backward", "scatter_backward",
+__all__ = ["defocus", "defocus_autograd", "gather_forward", "scatter_forward", "gather_backward", "scatter_backward",
            "is_available", "frame_positions", "offsets"]
 
 name = "torch"
@@ -74,7 +75,7 @@ def offsets(aperture: Aperture, max_coc: float) -> Tuple[int, int, List[Tuple[in
         for dx in range(-kx, kx + 1):
             # Disk and polygon weights grow with c, so W(d; c_max) = 0 means W = 0 for all c.
             # (Image kernels are stretched, so every offset in the window may carry weight.)
-            if aperture.kind != "image" and float(aperture.weight(dx, dy, c)[0]) <= 0.0:
+            if aperture.kind != "image" and float(aperture.weight(dx, dy, c)[0].detach()) <= 0.0:
                 continue
             out.append((dx, dy))
     return kx, ky, out
@@ -109,29 +110,35 @@ class _Frame:
         return self.at(self.pos_pad[0], dx, dy), self.at(self.pos_pad[1], dx, dy)
 
 
-def _mass(fr: _Frame, coc: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``Z = sum_d W(d; c, v)`` over the whole window and ``Z' = dZ/dc``."""
+def _mass(fr: _Frame, coc: torch.Tensor, offs) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``Z = sum_d W(d; c, v)`` over the offsets ``offs`` (the whole window) and ``Z' = dZ/dc``."""
     z = torch.zeros_like(coc)
     dz = torch.zeros_like(coc)
-    for dx, dy in fr.offs:
+    for dx, dy in offs:
         w, dw = fr.ap.weight(dx, dy, coc, fr.pos)
         z = z + w
         dz = dz + dw
     return z, dz
 
 
+def _gather_sums(fr: _Frame, img_pad: torch.Tensor, coc: torch.Tensor, offs
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Gather's ``num`` and ``den`` summed over the offsets ``offs`` only."""
+    num = torch.zeros(fr.B, fr.C, fr.H, fr.W, dtype=fr.dtype, device=fr.device)
+    den = torch.zeros_like(coc)
+    for dx, dy in offs:
+        w, _ = fr.ap.weight(dx, dy, coc, fr.pos)
+        w = w * fr.at(fr.valid_pad, dx, dy)
+        num = num + w * fr.at(img_pad, dx, dy)
+        den = den + w
+    return num, den
+
+
 def gather_forward(image: torch.Tensor, coc: torch.Tensor, aperture: Aperture
                    ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Gather blur; returns ``(out, den)``.  Plain torch ops: differentiable by autograd too."""
     fr = _Frame(image, coc, aperture)
-    img_pad = fr.pad(image)
-    num = torch.zeros_like(image)
-    den = torch.zeros_like(coc)
-    for dx, dy in fr.offs:
-        w, _ = aperture.weight(dx, dy, coc, fr.pos)
-        w = w * fr.at(fr.valid_pad, dx, dy)
-        num = num + w * fr.at(img_pad, dx, dy)
-        den = den + w
+    num, den = _gather_sums(fr, fr.pad(image), coc, fr.offs)
     return num / den, den
 
 
@@ -156,22 +163,27 @@ def gather_backward(grad: torch.Tensor, image: torch.Tensor, coc: torch.Tensor,
     return d_img.contiguous(), acc - wsum * s
 
 
+def _scatter_sums(fr: _Frame, img_pad: torch.Tensor, coc_pad: torch.Tensor,
+                  inv_z_pad: torch.Tensor, offs) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Scatter's ``num`` and ``den`` summed over the offsets ``offs`` only."""
+    num = torch.zeros(fr.B, fr.C, fr.H, fr.W, dtype=fr.dtype, device=fr.device)
+    den = torch.zeros(fr.B, 1, fr.H, fr.W, dtype=fr.dtype, device=fr.device)
+    for dx, dy in offs:
+        # source q = p - d
+        w, _ = fr.ap.weight(dx, dy, fr.at(coc_pad, -dx, -dy), fr.pos_at(-dx, -dy))
+        a = w * fr.at(inv_z_pad, -dx, -dy)
+        num = num + a * fr.at(img_pad, -dx, -dy)
+        den = den + a
+    return num, den
+
+
 def scatter_forward(image: torch.Tensor, coc: torch.Tensor, aperture: Aperture
                     ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Scatter blur (normalised, computed as scatter-as-gather); returns ``(out, den)``."""
     fr = _Frame(image, coc, aperture)
-    z, _ = _mass(fr, coc)
-    inv_z_pad = fr.pad(1.0 / z)          # zero outside: sources outside the frame carry nothing
-    coc_pad = fr.pad(coc)
-    img_pad = fr.pad(image)
-    num = torch.zeros_like(image)
-    den = torch.zeros_like(coc)
-    for dx, dy in fr.offs:
-        # source q = p - d
-        w, _ = aperture.weight(dx, dy, fr.at(coc_pad, -dx, -dy), fr.pos_at(-dx, -dy))
-        a = w * fr.at(inv_z_pad, -dx, -dy)
-        num = num + a * fr.at(img_pad, -dx, -dy)
-        den = den + a
+    z, _ = _mass(fr, coc, fr.offs)
+    # zero outside: sources outside the frame carry nothing
+    num, den = _scatter_sums(fr, fr.pad(image), fr.pad(coc), fr.pad(1.0 / z), fr.offs)
     return num / den, den
 
 
@@ -179,7 +191,7 @@ def scatter_backward(grad: torch.Tensor, image: torch.Tensor, coc: torch.Tensor,
                      aperture: Aperture, out: torch.Tensor, den: torch.Tensor
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
     fr = _Frame(image, coc, aperture)
-    z, dz = _mass(fr, coc)
+    z, dz = _mass(fr, coc, fr.offs)
     inv_z = 1.0 / z
     gn = grad / den
     gn_pad = fr.pad(gn)
@@ -228,3 +240,42 @@ def defocus(image: torch.Tensor, coc: torch.Tensor, aperture: Aperture, method: 
     acc = compute_dtype(image.dtype)
     out = _DefocusFunction.apply(image.to(acc), coc.to(acc), aperture, method)
     return out.to(image.dtype)
+
+
+#: Offsets per checkpointed chunk in :func:`defocus_autograd`: the backward keeps the autograd
+#: graph of one chunk at a time, about ``AUTOGRAD_CHUNK`` times a few ``(B, C, H, W)`` tensors.
+AUTOGRAD_CHUNK = 16
+
+
+def _chunked_sum(fn, offs, *args) -> tuple:
+    """``sum over chunks of fn(*args, chunk)`` (tuples of tensors), each chunk checkpointed."""
+    total = None
+    for i in range(0, len(offs), AUTOGRAD_CHUNK):
+        part = checkpoint(fn, *args, offs[i:i + AUTOGRAD_CHUNK], use_reentrant=False)
+        total = part if total is None else tuple(a + b for a, b in zip(total, part))
+    return total
+
+
+def _mass_only(fr: _Frame, coc: torch.Tensor, offs) -> Tuple[torch.Tensor]:
+    return (_mass(fr, coc, offs)[0],)
+
+
+def defocus_autograd(image: torch.Tensor, coc: torch.Tensor, aperture: Aperture,
+                     method: str) -> torch.Tensor:
+    """The reference blur differentiated by autograd, so that gradients also reach the
+    aperture's own tensors (an image kernel, a polygon's ``rotation_deg`` and ``roundness``).
+
+    Same forward as :func:`defocus`.  The sums over kernel offsets run in checkpointed chunks of
+    :data:`AUTOGRAD_CHUNK` offsets, so memory stays a few chunks of ``(B, C, H, W)`` tensors instead
+    of one per offset, at the price of recomputing the forward once in the backward.
+    """
+    acc = compute_dtype(image.dtype)
+    img, c = image.to(acc), coc.to(acc)
+    fr = _Frame(img, c, aperture)
+    img_pad = fr.pad(img)
+    if method == "gather":
+        num, den = _chunked_sum(_gather_sums, fr.offs, fr, img_pad, c)
+    else:
+        z, = _chunked_sum(_mass_only, fr.offs, fr, c)
+        num, den = _chunked_sum(_scatter_sums, fr.offs, fr, img_pad, fr.pad(c), fr.pad(1.0 / z))
+    return (num / den).to(image.dtype)
