@@ -128,7 +128,8 @@ def build_inputs(case: Case, device) -> Tuple[torch.Tensor, torch.Tensor, torch.
 
 def make_call(case: Case, image: torch.Tensor, coc: torch.Tensor, signed: torch.Tensor
               ) -> Tuple[Callable[[], None], list]:
-    """A zero-argument callable running the case once, and the tensors whose ``.grad`` to clear."""
+    """A zero-argument callable running the case once (it returns the blurred image), and the
+    tensors whose ``.grad`` to clear between calls."""
     ap = APERTURES[case.aperture]()
     if case.method in ("gather", "scatter"):
         def blur(i, c, sc):
@@ -150,7 +151,7 @@ def make_call(case: Case, image: torch.Tensor, coc: torch.Tensor, signed: torch.
     if case.mode == "fwd":
         def run():
             with torch.no_grad():
-                blur(image, coc, signed)
+                return blur(image, coc, signed)
         return run, []
     img = image.detach().clone().requires_grad_(True)
     cc = coc.detach().clone().requires_grad_(True)
@@ -160,7 +161,9 @@ def make_call(case: Case, image: torch.Tensor, coc: torch.Tensor, signed: torch.
     def run_bwd():
         for t in (img, cc, sc):
             t.grad = None
-        blur(img, cc, sc).backward(grad)
+        out = blur(img, cc, sc)
+        out.backward(grad)
+        return out.detach()
     return run_bwd, [img, cc, sc]
 
 
