@@ -7,3 +7,12 @@
 from .defocus_map import blur_strength_from_lens, defocus_map, focus_disparity_at  # noqa: E402
 
 __all__ = ["blur_strength_from_lens", "defocus_map", "focus_disparity_at"]
+
+# issue 8: EXIF-conditioned defocus with a Focus Distance Transformer
+from .metrics import blur_monotonicity  # noqa: E402
+from .exif import ExifData, ExifEmbedder, ExifError, read_exif, validate_exif  # noqa: E402
+from .exif_defocus import (ExifDefocusConfig, ExifDefocusPipeline, FocusDistanceConfig,  # noqa: E402
+                           FocusDistanceTransformer)
+
+__all__ += ["blur_monotonicity", "ExifData", "ExifEmbedder", "ExifError", "read_exif", "validate_exif",
+            "ExifDefocusConfig", "ExifDefocusPipeline", "FocusDistanceConfig", "FocusDistanceTransformer"]

@@ -1,0 +1,333 @@
+"""Pluggable generator and depth networks for :class:`ExifDefocusPipeline`.
+
+Both adapters load from a **local** directory only (``local_files_only=True``; nothing is
+downloaded) and speak the pipeline's image convention: display-encoded RGB in ``[0, 1]``,
+``(B, 3, H, W)``.
+
+* :class:`DiffusersGenerator` wraps a ``diffusers`` pipeline directory with a ``unet`` and a
+  ``scheduler`` (optionally a ``vae`` for latent diffusion and a text encoder for prompts).  It
+  offers :meth:`~DiffusersGenerator.sample` (DDIM-style sampling from noise) and
+  :meth:`~DiffusersGenerator.denoise` (one-step estimate of the clean image from a noised photo —
+  the quantity the paper blurs during training), both differentiable w.r.t. the UNet.
+* :class:`TransformersDepth` wraps a ``transformers`` depth-estimation model (e.g.
+  ``DepthAnythingForDepthEstimation``): frozen weights, differentiable w.r.t. its input image.
+
+:func:`make_tiny_diffusers_generator` and :func:`make_tiny_depth_model` write tiny
+random-initialised checkpoints (for tests and the CPU example) in the same on-disk formats as real
+ones, so the same code path loads both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lensblur import LensBlurError
+
+__all__ = ["DiffusersGenerator", "TransformersDepth", "make_tiny_diffusers_generator",
+           "make_tiny_depth_model", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+PathLike = Union[str, os.PathLike]
+
+
+def _local_dir(path: PathLike, name: str = "path") -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise LensBlurError(f"`{name}` must be a local checkpoint directory, {str(p)!r} is not one "
+                            "(adapters never download)")
+    return p
+
+
+def _check_image01(image: torch.Tensor, name: str = "image") -> None:
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(image).__name__}")
+    if not image.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating point tensor, got dtype {image.dtype}")
+    if image.dim() != 4 or image.shape[1] != 3:
+        raise LensBlurError(f"`{name}` must have shape (B, 3, H, W), got {tuple(image.shape)}")
+
+
+class DiffusersGenerator(nn.Module):
+    """All-in-focus image generator backed by a ``diffusers`` pipeline.
+
+    Args:
+        pipeline: a loaded ``diffusers.DiffusionPipeline`` with ``unet`` and ``scheduler``
+            components (``vae``, ``text_encoder``/``tokenizer`` optional).
+        num_inference_steps: default number of sampling steps for :meth:`sample`.
+        image_size: ``(H, W)`` of generated images (default: the UNet's ``sample_size`` times the
+            VAE's downsampling factor).
+
+    The UNet (and VAE) are registered submodules, so ``generator.parameters()`` are what a
+    fine-tuning optimiser sees; the text encoder is frozen.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     gen = DiffusersGenerator.from_pretrained(make_tiny_diffusers_generator(d, size=8))
+        ...     img = gen.sample(2, num_inference_steps=2, seed=0)
+        >>> img.shape
+        torch.Size([2, 3, 8, 8])
+    """
+
+    def __init__(self, pipeline, num_inference_steps: int = 25,
+                 image_size: Optional[Sequence[int]] = None) -> None:
+        super().__init__()
+        for part in ("unet", "scheduler"):
+            if getattr(pipeline, part, None) is None:
+                raise LensBlurError(f"`pipeline` must have a `{part}` component "
+                                    f"(got {type(pipeline).__name__})")
+        self.pipeline = pipeline
+        self.unet = pipeline.unet
+        self.vae = getattr(pipeline, "vae", None)
+        self.scheduler = pipeline.scheduler
+        self.num_inference_steps = int(num_inference_steps)
+        text_encoder = getattr(pipeline, "text_encoder", None)
+        if text_encoder is not None:
+            text_encoder.requires_grad_(False)
+        self._vae_factor = 1
+        if self.vae is not None:
+            self._vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        sample = self.unet.config.sample_size
+        if image_size is None:
+            sample = (sample, sample) if isinstance(sample, int) else tuple(sample)
+            image_size = (sample[0] * self._vae_factor, sample[1] * self._vae_factor)
+        self.image_size = tuple(int(v) for v in image_size)
+
+    @classmethod
+    def from_pretrained(cls, path: PathLike, **kwargs) -> "DiffusersGenerator":
+        """Load a diffusers pipeline from the local directory ``path`` (no download)."""
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(str(_local_dir(path)), local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, **kwargs)
+
+    def save_pretrained(self, path: PathLike) -> None:
+        """Write the (possibly fine-tuned) pipeline in diffusers format."""
+        self.pipeline.save_pretrained(str(path))
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _encode_prompt(self, cond, batch_size: int, device):
+        if cond is None:
+            return None
+        if isinstance(cond, torch.Tensor):  # precomputed embeddings (B, L, D)
+            return cond.to(device)
+        if not hasattr(self.pipeline, "encode_prompt"):
+            raise LensBlurError(f"`cond` is a prompt but {type(self.pipeline).__name__} has no text encoder")
+        prompts = [cond] * batch_size if isinstance(cond, str) else list(cond)
+        if len(prompts) != batch_size:
+            raise LensBlurError(f"`cond` has {len(prompts)} prompts for a batch of {batch_size}")
+        with torch.no_grad():
+            embeds = self.pipeline.encode_prompt(prompts, device, 1, False)[0]
+        return embeds
+
+    def _unet(self, x, t, embeds):
+        kwargs = {} if embeds is None else {"encoder_hidden_states": embeds}
+        return self.unet(x, t, **kwargs).sample
+
+    def _x0_from_output(self, out, x_t, t):
+        alphas = self.scheduler.alphas_cumprod.to(device=x_t.device, dtype=x_t.dtype)[t].view(-1, 1, 1, 1)
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            return (x_t - (1 - alphas).sqrt() * out) / alphas.sqrt()
+        if kind == "sample":
+            return out
+        if kind == "v_prediction":
+            return alphas.sqrt() * x_t - (1 - alphas).sqrt() * out
+        raise LensBlurError(f"unsupported scheduler prediction_type {kind!r}")
+
+    def _to_model_space(self, image01):
+        x = image01 * 2 - 1
+        if self.vae is not None:
+            x = self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+        return x
+
+    def _to_image(self, x):
+        if self.vae is not None:
+            x = self.vae.decode(x / self.vae.config.scaling_factor).sample
+        return (x + 1) / 2
+
+    # -- API --------------------------------------------------------------------------------
+    def denoise(self, image: torch.Tensor, noise_level: torch.Tensor, cond=None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """One-step clean-image estimate from ``image`` noised to ``noise_level``.
+
+        ``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps`` with ``t = round(noise_level * (T - 1))``;
+        the UNet's prediction is turned into the estimate of ``x_0``, returned in ``[0, 1]``
+        display space (not clamped, so gradients are not cut).
+
+        Args:
+            image: ``(B, 3, H, W)`` photo in ``[0, 1]``.
+            noise_level: ``(B,)`` or float in ``[0, 1]``.
+            cond: ``None``, a prompt / list of prompts, or prompt embeddings ``(B, L, D)``.
+            generator: ``torch.Generator`` for the noise.
+
+        Returns:
+            ``(B, 3, H, W)``.
+        """
+        _check_image01(image)
+        b = image.shape[0]
+        level = torch.as_tensor(noise_level, dtype=torch.float32, device=image.device).expand(b)
+        if bool(((level < 0) | (level > 1)).any()):
+            raise LensBlurError("`noise_level` must lie in [0, 1]")
+        num_t = self.scheduler.config.num_train_timesteps
+        t = (level * (num_t - 1)).round().long()
+        x0 = self._to_model_space(image)
+        noise = torch.randn(x0.shape, generator=generator, device="cpu", dtype=x0.dtype).to(x0.device)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        out = self._unet(x_t, t, self._encode_prompt(cond, b, image.device))
+        return self._to_image(self._x0_from_output(out, x_t, t))
+
+    def sample(self, batch_size: int, cond=None, num_inference_steps: Optional[int] = None,
+               seed: Optional[int] = None, device=None) -> torch.Tensor:
+        """Generate ``(batch_size, 3, H, W)`` images in ``[0, 1]`` (differentiable w.r.t. the UNet).
+
+        Runs the scheduler's sampling loop (``scheduler.set_timesteps`` / ``step``) from seeded
+        Gaussian noise; wrap in ``torch.no_grad()`` for plain inference.
+        """
+        steps = int(num_inference_steps or self.num_inference_steps)
+        device = torch.device(device) if device is not None else next(self.unet.parameters()).device
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        h, w = self.image_size
+        f = self._vae_factor
+        shape = (batch_size, self.unet.config.in_channels, h // f, w // f)
+        dtype = next(self.unet.parameters()).dtype
+        x = torch.randn(shape, generator=gen, dtype=dtype).to(device) * self.scheduler.init_noise_sigma
+        embeds = self._encode_prompt(cond, batch_size, device)
+        self.scheduler.set_timesteps(steps, device=device)
+        for t in self.scheduler.timesteps:
+            inp = self.scheduler.scale_model_input(x, t)
+            out = self._unet(inp, t, embeds)
+            x = self.scheduler.step(out, t, x).prev_sample
+        return self._to_image(x)
+
+
+class TransformersDepth(nn.Module):
+    """Frozen monocular depth from a ``transformers`` depth-estimation model.
+
+    The image (``[0, 1]``, ``(B, 3, H, W)``) is resized so that its shorter side is
+    ``input_size`` and both sides are multiples of the backbone's patch size, normalised with the
+    model's mean/std, and the prediction is resized back to ``(H, W)``.
+
+    * ``kind="metric"`` models (``depth_estimation_type == "metric"``) return metres.
+    * ``kind="relative"`` models (Depth Anything's default) predict relative *disparity*; it is
+      normalised by its per-image maximum and inverted, giving a relative depth in
+      ``[1, max_relative_depth]`` — the FDT's depth scale turns it into metres.
+
+    Weights are frozen (``requires_grad=False``) but the output is differentiable w.r.t. the
+    image, so a generator upstream receives gradients through it.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     depth_net = TransformersDepth.from_pretrained(make_tiny_depth_model(d))
+        ...     depth = depth_net(torch.rand(1, 3, 14, 21))
+        >>> depth.shape, bool((depth >= 1).all())
+        (torch.Size([1, 1, 14, 21]), True)
+    """
+
+    def __init__(self, model: nn.Module, *, input_size: Optional[int] = None,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 kind: str = "auto", max_relative_depth: float = 100.0) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        cfg = model.config
+        backbone = getattr(cfg, "backbone_config", None)
+        self.patch = int(getattr(cfg, "patch_size", None) or getattr(backbone, "patch_size", 1) or 1)
+        default_size = getattr(backbone, "image_size", None) or getattr(cfg, "image_size", None) or 518
+        self.input_size = int(input_size or default_size)
+        if kind == "auto":
+            kind = "metric" if getattr(cfg, "depth_estimation_type", "relative") == "metric" else "relative"
+        if kind not in ("metric", "relative"):
+            raise LensBlurError(f"`kind` must be 'auto', 'metric' or 'relative', got {kind!r}")
+        if not max_relative_depth > 1:
+            raise LensBlurError(f"`max_relative_depth` must be > 1, got {max_relative_depth}")
+        self.kind = kind
+        self.max_relative_depth = float(max_relative_depth)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True):  # the wrapped network stays in eval mode (frozen)
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    @classmethod
+    def from_pretrained(cls, path: PathLike, **kwargs) -> "TransformersDepth":
+        """Load ``AutoModelForDepthEstimation`` (+ its image processor's mean/std) from ``path``."""
+        from transformers import AutoModelForDepthEstimation
+
+        p = _local_dir(path)
+        model = AutoModelForDepthEstimation.from_pretrained(str(p), local_files_only=True)
+        proc = p / "preprocessor_config.json"
+        if proc.is_file():
+            with open(proc) as f:
+                pc = json.load(f)
+            kwargs.setdefault("mean", pc.get("image_mean", IMAGENET_MEAN))
+            kwargs.setdefault("std", pc.get("image_std", IMAGENET_STD))
+        return cls(model, **kwargs)
+
+    def save_pretrained(self, path: PathLike) -> None:
+        """Write the wrapped model (transformers format) and its normalisation."""
+        self.model.save_pretrained(str(path))
+        with open(Path(path) / "preprocessor_config.json", "w") as f:
+            json.dump({"image_mean": self.mean.flatten().tolist(), "image_std": self.std.flatten().tolist()}, f)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` image in ``[0, 1]`` -> ``(B, 1, H, W)`` depth > 0."""
+        _check_image01(image)
+        h, w = image.shape[-2:]
+        s = self.input_size / min(h, w)
+        size = (max(self.patch, round(h * s / self.patch) * self.patch),
+                max(self.patch, round(w * s / self.patch) * self.patch))
+        dtype = next(self.model.parameters()).dtype
+        x = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        x = ((x - self.mean.to(x.dtype)) / self.std.to(x.dtype)).to(dtype)
+        pred = self.model(pixel_values=x).predicted_depth  # (B, h', w')
+        pred = F.interpolate(pred[:, None].to(image.dtype), size=(h, w), mode="bilinear", align_corners=False)
+        if self.kind == "metric":
+            return pred.clamp_min(1e-3)
+        disp = pred.clamp_min(0)
+        disp = disp / disp.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return 1.0 / disp.clamp_min(1.0 / self.max_relative_depth)
+
+
+def make_tiny_diffusers_generator(path: PathLike, size: int = 32, seed: int = 0) -> Path:
+    """Write a tiny random-initialised pixel-space ``DDPMPipeline`` (UNet2DModel + DDIM) to ``path``.
+
+    About 40 k parameters, ``size x size`` RGB output; for tests and CPU demos only.
+    """
+    from diffusers import DDIMScheduler, DDPMPipeline, UNet2DModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(sample_size=size, in_channels=3, out_channels=3, layers_per_block=1,
+                       block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    DDPMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100)).save_pretrained(str(path))
+    return Path(path)
+
+
+def make_tiny_depth_model(path: PathLike, seed: int = 0) -> Path:
+    """Write a tiny random-initialised ``DepthAnythingForDepthEstimation`` to ``path``.
+
+    A 4-layer, 16-wide DINOv2 backbone with patch 14 and input size 14; for tests only.
+    """
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    torch.manual_seed(seed)
+    backbone = Dinov2Config(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
+                            image_size=14, patch_size=14, reshape_hidden_states=False,
+                            out_features=["stage1", "stage2", "stage3", "stage4"])
+    cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16,
+                              neck_hidden_sizes=[4, 8, 8, 16], fusion_hidden_size=8, head_hidden_size=8)
+    DepthAnythingForDepthEstimation(cfg).save_pretrained(str(path))
+    return Path(path)

@@ -1,0 +1,77 @@
+"""Synthetic defocused photos with known focus, from :func:`lensblur.scene.make_scene`.
+
+Each sample is a square crop of a procedural scene, viewed by a lens whose field of view matches
+the crop (a crop of ``1/k`` of the frame is a ``k`` times longer lens on the same 36 mm sensor),
+with the whole world scaled by a random factor (a scaled scene looks identical but its blur does
+not), focused like a camera's **centre autofocus point**: on the median depth of the central
+``patch x patch`` window.  The target is rendered with :func:`lensblur.render` at that focus and a
+random f-number.  The focus is therefore a function of the image content and depth — learnable by
+a Focus Distance Transformer — while a constant predictor cannot know it.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import torch
+
+import lensblur
+from lensblur.scene import SCENE_FOCAL_LENGTH_MM, SCENE_SENSOR_WIDTH_MM, make_scene
+
+__all__ = ["make_focus_dataset"]
+
+
+def make_focus_dataset(num: int, size: int = 32, *, seed: int = 0, scene_size: int = 96,
+                       f_numbers: Sequence[float] = (1.4, 2.0, 2.8), depth_scale: Sequence[float] = (0.5, 2.0),
+                       af_window: int = 4, method: str = "gather", backend: str = "auto",
+                       num_scenes: int = 4) -> Dict[str, torch.Tensor]:
+    """Build ``num`` synthetic (all-in-focus, depth, EXIF, focus, defocused target) samples.
+
+    Args:
+        num: number of samples.
+        size: crop side in pixels (the rendered photo is ``size x size``).
+        seed: everything is deterministic given the seed.
+        scene_size: side of the square scene renders the crops come from (larger = longer lenses).
+        f_numbers: f-numbers drawn uniformly per sample.
+        depth_scale: ``(lo, hi)``: the world is scaled by a log-uniform factor in this range.
+        af_window: side of the central autofocus window in pixels.
+        method, backend: passed to :func:`lensblur.render` for the targets.
+        num_scenes: number of distinct scene seeds.
+
+    Returns:
+        dict with ``aif`` ``(num, 3, size, size)`` (linear radiance), ``depth`` ``(num, 1, size,
+        size)`` metres, ``exif`` ``(num, 3)`` ``[focal_length_mm, f_number, sensor_width_mm]``,
+        ``focus_distance_m`` ``(num,)`` and ``target`` ``(num, 3, size, size)``.
+
+    Example:
+        >>> data = make_focus_dataset(2, size=16, scene_size=32)
+        >>> data["target"].shape, data["exif"][0, 2].item()
+        (torch.Size([2, 3, 16, 16]), 36.0)
+    """
+    if num < 1 or size < 8 or scene_size < size:
+        raise ValueError(f"need `num` >= 1, `size` >= 8 and `scene_size` >= `size`, got {num}, {size}, {scene_size}")
+    gen = torch.Generator().manual_seed(seed)
+    scenes = [make_scene(scene_size, scene_size, seed=seed * 1000 + i) for i in range(num_scenes)]
+    focal = SCENE_FOCAL_LENGTH_MM * scene_size / size
+    lo, hi = (float(v) for v in depth_scale)
+    aif, depth, exif, focus = [], [], [], []
+    c0 = size // 2 - af_window // 2
+    for _ in range(num):
+        img, dep = scenes[int(torch.randint(num_scenes, (1,), generator=gen))]
+        y = int(torch.randint(scene_size - size + 1, (1,), generator=gen))
+        x = int(torch.randint(scene_size - size + 1, (1,), generator=gen))
+        k = lo * (hi / lo) ** float(torch.rand(1, generator=gen))  # log-uniform
+        n = float(f_numbers[int(torch.randint(len(f_numbers), (1,), generator=gen))])
+        crop_d = dep[..., y:y + size, x:x + size] * k
+        aif.append(img[..., y:y + size, x:x + size])
+        depth.append(crop_d)
+        focus.append(float(crop_d[..., c0:c0 + af_window, c0:c0 + af_window].median()))
+        exif.append([focal, n, SCENE_SENSOR_WIDTH_MM])
+    aif, depth = torch.cat(aif), torch.cat(depth)
+    exif = torch.tensor(exif, dtype=torch.float32)
+    focus = torch.tensor(focus, dtype=torch.float32)
+    lens = lensblur.ThinLens(exif[:, 0], exif[:, 1], focus, SCENE_SENSOR_WIDTH_MM)
+    with torch.no_grad():
+        target = lensblur.render(aif, depth, lens, method=method, backend=backend)
+    return {"aif": aif, "depth": depth, "exif": exif, "focus_distance_m": focus, "target": target}
+
