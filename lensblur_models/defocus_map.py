@@ -154,8 +154,14 @@ def focus_disparity_at(disparity: torch.Tensor, focus_xy: Union[Sequence[float],
         >>> focus_disparity_at(d, (2, 1), window=1).tolist()
         [7.0]
     """
-    from lensblur.validation import check_map
-    check_map(disparity, "disparity", positive=True)
+    if not isinstance(disparity, torch.Tensor):
+        raise TypeError(f"`disparity` must be a torch.Tensor, got {type(disparity).__name__}")
+    if not disparity.is_floating_point():
+        raise TypeError(f"`disparity` must be a floating point tensor, got dtype {disparity.dtype}")
+    if disparity.dim() != 4 or disparity.shape[1] != 1 or disparity.numel() == 0:
+        raise LensBlurError(f"`disparity` must have shape (B, 1, H, W), got {tuple(disparity.shape)}")
+    if not bool(torch.isfinite(disparity).all()) or not bool((disparity > 0).all()):
+        raise LensBlurError("`disparity` must be finite and > 0 everywhere")
     b, _, h, w = disparity.shape
     if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1 or window % 2 == 0:
         raise LensBlurError(f"`window` must be a positive odd integer, got {window!r}")

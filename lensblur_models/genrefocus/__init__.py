@@ -1,0 +1,32 @@
+"""Generative refocusing (seed 003): DeblurNet + BokehNet, simulated data, pipeline, evaluation.
+
+* :mod:`.models` — :class:`DeblurNet` (defocused -> all-in-focus) and :class:`BokehNet`
+  (all-in-focus + defocus map + aperture tokens -> defocused), token-concatenation transformers
+  on :mod:`lensblur_models.nn`, with ``tiny()`` / ``base()`` configs.
+* :mod:`.tokens` — aperture-shape tokens from :meth:`lensblur.Aperture.kernel`.
+* :mod:`.data` — training batches rendered on the fly by :mod:`lensblur` with random apertures.
+* :mod:`.train` — a small AdamW loop.  :mod:`.pipeline` — :func:`refocus`.
+* :mod:`.evaluate` — PSNR and LPIPS (or the documented SSIM fallback) on a held-out set.
+* :mod:`.flux` — adapter onto a local diffusers FLUX transformer with LoRA (imported lazily).
+"""
+
+from .data import DEFAULT_RENDER_METHOD, RefocusData, random_aperture, random_lens, random_scene
+from .evaluate import evaluate_refocus, image_metrics, make_refocus_set, perceptual_metric, psnr
+from .models import BokehNet, BokehNetConfig, DeblurNet, DeblurNetConfig
+from .pipeline import PhysicalBokeh, RefocusOutput, RefocusPipeline, refocus
+from .tokens import aperture_canvas, aperture_tokens
+from .train import eval_loss, train
+
+__all__ = [
+    "BokehNet", "BokehNetConfig", "DeblurNet", "DeblurNetConfig", "DEFAULT_RENDER_METHOD", "PhysicalBokeh",
+    "RefocusData", "RefocusOutput", "RefocusPipeline", "aperture_canvas", "aperture_tokens", "eval_loss",
+    "evaluate_refocus", "image_metrics", "make_refocus_set", "perceptual_metric", "psnr", "random_aperture",
+    "random_lens", "random_scene", "refocus", "train", "FluxRefocusAdapter",
+]
+
+
+def __getattr__(name):  # the FLUX adapter imports diffusers/peft: only on demand
+    if name == "FluxRefocusAdapter":
+        from .flux import FluxRefocusAdapter
+        return FluxRefocusAdapter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

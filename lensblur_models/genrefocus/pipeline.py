@@ -1,0 +1,170 @@
+"""Refocusing pipeline: deblur -> depth -> defocus map for a chosen focus point -> bokeh.
+
+::
+
+    aif       = deblur(image)                        # DeblurNet, or None when image is sharp
+    disparity = depth_estimator(aif)                 # any callable (B,3,H,W) -> (B,1,H,W) > 0
+    d_focus   = focus_disparity_at(disparity, focus_xy)
+    D         = defocus_map(disparity, d_focus, K, max_px)
+    out       = bokeh(aif, D, aperture)              # BokehNet, or PhysicalBokeh (lensblur)
+
+``K`` is the blur strength in pixels per unit of the estimator's disparity: with metric
+disparity (``1 / depth_m``) use :func:`lensblur_models.blur_strength_from_lens` of the lens
+whose look you want; with a relative-disparity estimator, pick ``K`` by eye (it plays the role
+of the aperture size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+import lensblur
+from lensblur import Aperture, LensBlurError
+
+from ..defocus_map import defocus_map, focus_disparity_at
+from ._checks import check_pair, check_tensor4
+
+__all__ = ["PhysicalBokeh", "refocus", "RefocusOutput", "RefocusPipeline"]
+
+ApertureArg = Union[None, Aperture, Sequence[Optional[Aperture]]]
+
+
+class PhysicalBokeh:
+    """The physical renderer with BokehNet's signature: ``(aif, defocus_map, aperture) -> image``.
+
+    Blurs the gamma-decoded ``aif`` with :func:`lensblur.defocus` (``coc = defocus_map``).
+
+    Args:
+        method: ``"gather"`` or ``"scatter"`` (see :func:`lensblur.defocus`).
+        gamma: display encoding of ``aif`` (blur happens in linear light).
+        backend: lensblur backend.
+
+    Example:
+        >>> aif = torch.rand(1, 3, 8, 8)
+        >>> out = PhysicalBokeh()(aif, torch.zeros(1, 1, 8, 8))   # zero blur: unchanged
+        >>> bool(torch.allclose(out, aif, atol=1e-5))
+        True
+    """
+
+    def __init__(self, method: str = "gather", gamma: float = 2.2, backend: str = "auto") -> None:
+        if method not in ("gather", "scatter"):
+            raise LensBlurError(f"unknown `method` {method!r}; expected 'gather' or 'scatter'")
+        if not (isinstance(gamma, (int, float)) and gamma > 0):
+            raise LensBlurError(f"`gamma` must be > 0, got {gamma!r}")
+        self.method, self.gamma, self.backend = method, float(gamma), backend
+
+    def __repr__(self) -> str:
+        return f"PhysicalBokeh(method={self.method!r}, gamma={self.gamma}, backend={self.backend!r})"
+
+    def __call__(self, aif: torch.Tensor, defocus_map: torch.Tensor, aperture: ApertureArg = None) -> torch.Tensor:
+        check_tensor4(aif, "aif")
+        check_tensor4(defocus_map, "defocus_map", 1, nonnegative=True)
+        check_pair(aif, defocus_map, "aif", "defocus_map")
+        lin = aif.clamp_min(0) ** self.gamma
+        if isinstance(aperture, (list, tuple)):
+            if len(aperture) != aif.shape[0]:
+                raise LensBlurError(f"`aperture` has {len(aperture)} entries for a batch of {aif.shape[0]}")
+            out = torch.cat([lensblur.defocus(lin[i:i + 1], defocus_map[i:i + 1], a, method=self.method,
+                                              backend=self.backend) for i, a in enumerate(aperture)])
+        else:
+            out = lensblur.defocus(lin, defocus_map, aperture, method=self.method, backend=self.backend)
+        return out.clamp_min(0) ** (1.0 / self.gamma)
+
+
+@dataclasses.dataclass
+class RefocusOutput:
+    """Everything :func:`refocus` computed (all ``(B, ., H, W)`` except ``focus_disparity`` ``(B,)``)."""
+
+    image: torch.Tensor
+    all_in_focus: torch.Tensor
+    disparity: torch.Tensor
+    defocus_map: torch.Tensor
+    focus_disparity: torch.Tensor
+
+
+def refocus(image: torch.Tensor, focus_xy, K, aperture: ApertureArg = None, *,
+            depth_estimator: Callable[[torch.Tensor], torch.Tensor],
+            deblur: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+            bokeh: Optional[Callable] = None, max_px=None, focus_window: int = 3,
+            return_intermediates: bool = False):
+    """Refocus ``image`` on the pixel ``focus_xy`` with blur strength ``K``.
+
+    Args:
+        image: ``(B, C, H, W)`` photo (display-encoded, like the networks' training data).
+        focus_xy: ``(x, y)`` pixel to bring into focus (or a ``(B, 2)`` tensor).
+        K: float, 0-d or ``(B,)`` tensor, >= 0: pixels of blur diameter per unit of disparity.
+        aperture: bokeh shape (``None`` = disk) or one per batch item.
+        depth_estimator: callable ``aif -> disparity`` ``(B, 1, H, W)``, > 0 (e.g. a monocular
+            depth network returning inverse depth, or ``lambda aif: 1 / true_depth`` in tests).
+        deblur: callable ``image -> all-in-focus image`` (e.g. a trained :class:`DeblurNet`);
+            ``None`` treats ``image`` as already sharp.
+        bokeh: callable ``(aif, defocus_map, aperture) -> image`` (a trained :class:`BokehNet`);
+            ``None`` uses :class:`PhysicalBokeh`.
+        max_px: optional clamp of the defocus map (pixels).
+        focus_window: odd window whose median disparity defines the focus plane.
+        return_intermediates: return a :class:`RefocusOutput` instead of the image.
+
+    Returns:
+        ``(B, C, H, W)`` refocused image, or a :class:`RefocusOutput`.
+
+    Example:
+        >>> img = torch.rand(1, 3, 16, 16)
+        >>> disp = torch.ones(1, 1, 16, 16); disp[..., 8:, :] = 0.25  # lower half far
+        >>> out = refocus(img, (4, 4), 8.0, depth_estimator=lambda aif: disp,
+        ...               return_intermediates=True)
+        >>> out.defocus_map[0, 0, 4, 4].item(), out.defocus_map[0, 0, 12, 4].item()
+        (0.0, 6.0)
+    """
+    check_tensor4(image, "image")
+    if not callable(depth_estimator):
+        raise TypeError(f"`depth_estimator` must be callable, got {type(depth_estimator).__name__}")
+    for fn, name in ((deblur, "deblur"), (bokeh, "bokeh")):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"`{name}` must be callable or None, got {type(fn).__name__}")
+    if aperture is not None and not isinstance(aperture, (Aperture, list, tuple)):
+        raise TypeError(f"`aperture` must be a lensblur.Aperture, None or a list, got {type(aperture).__name__}")
+    aif = image if deblur is None else deblur(image)
+    check_tensor4(aif, "deblur(image)", image.shape[1])
+    disparity = depth_estimator(aif)
+    check_tensor4(disparity, "depth_estimator(aif)", 1, positive=True)
+    check_pair(aif, disparity, "image", "depth_estimator(aif)")
+    fd = focus_disparity_at(disparity, focus_xy, focus_window)
+    dmap = defocus_map(disparity, fd, K, max_px)
+    out = (bokeh or PhysicalBokeh())(aif, dmap, aperture)
+    if return_intermediates:
+        return RefocusOutput(out, aif, disparity, dmap, fd)
+    return out
+
+
+class RefocusPipeline:
+    """The components of :func:`refocus` held together: ``pipe(image, focus_xy, K, aperture)``.
+
+    Example:
+        >>> pipe = RefocusPipeline(depth_estimator=lambda aif: torch.ones_like(aif[:, :1]))
+        >>> pipe(torch.rand(1, 3, 8, 8), (2, 2), 4.0).shape
+        torch.Size([1, 3, 8, 8])
+    """
+
+    def __init__(self, depth_estimator: Callable, deblur: Optional[Callable] = None,
+                 bokeh: Optional[Callable] = None, max_px=None, focus_window: int = 3) -> None:
+        if not callable(depth_estimator):
+            raise TypeError(f"`depth_estimator` must be callable, got {type(depth_estimator).__name__}")
+        self.depth_estimator, self.deblur, self.bokeh = depth_estimator, deblur, bokeh
+        self.max_px, self.focus_window = max_px, focus_window
+
+    @classmethod
+    def from_pretrained(cls, deblur_path, bokeh_path, depth_estimator: Callable, **kwargs) -> "RefocusPipeline":
+        """Load a trained :class:`DeblurNet` and :class:`BokehNet` from local directories."""
+        from .models import BokehNet, DeblurNet
+        deblur = DeblurNet.from_pretrained(deblur_path).eval() if deblur_path is not None else None
+        bokeh = BokehNet.from_pretrained(bokeh_path).eval() if bokeh_path is not None else None
+        return cls(depth_estimator, deblur, bokeh, **kwargs)
+
+    def __call__(self, image: torch.Tensor, focus_xy, K, aperture: ApertureArg = None, *,
+                 return_intermediates: bool = False):
+        return refocus(image, focus_xy, K, aperture, depth_estimator=self.depth_estimator,
+                       deblur=self.deblur, bokeh=self.bokeh, max_px=self.max_px,
+                       focus_window=self.focus_window, return_intermediates=return_intermediates)
