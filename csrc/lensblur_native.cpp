@@ -46,6 +46,11 @@ namespace {
 
 constexpr int G = 4;    // planes per group (sums of one group live in registers together)
 constexpr int TY = 8;   // rows per tile of the neighbour bound
+#if defined(__AVX512F__)
+constexpr int BY = 4;   // rows per block of the fast paths (BY x G accumulators in registers)
+#else
+constexpr int BY = 2;
+#endif
 
 template <typename T>
 struct Vec {
@@ -90,7 +95,8 @@ struct Ctx {
   double sqd = 1, reach = 1;
   int tab_h = 1, tab_w = 1;  // padded table size
   std::vector<T> tab;         // padded table (tab_h x tab_w)
-  std::vector<T> ntap;        // shape norm n(d) of every tap (disk, polygon)
+  std::vector<T> ntap;        // shape norm n(d) of every tap (disk, polygon); BY extra rows of
+                              // "far away" above and below the window
   std::vector<T> vxp, vyp;    // cat's-eye frame positions per padded column / row
   int nty = 0, ntx = 0;       // tiles of the neighbour bound
   std::vector<T> tnb;         // per tile: largest radius whose footprint reaches it
@@ -116,7 +122,14 @@ struct Ctx {
     const int k = static_cast<int>(std::floor(h / sqd * (1 + 1e-6) + 1e-6));
     return std::min(std::max(k, 0), KX);
   }
-  const T* ntap_row(int dy) const { return ntap.data() + static_cast<size_t>(dy + KY) * NTX + KX; }
+  const T* ntap_row(int dy) const {
+    return ntap.data() + static_cast<size_t>(dy + KY + BY) * NTX + KX;
+  }
+  // max over the block rows of the row bound: rows dy in [lo, hi]
+  int kx_span(double rm, int lo, int hi) const {
+    const int dmin = (lo <= 0 && hi >= 0) ? 0 : std::min(std::abs(lo), std::abs(hi));
+    return kx_for(rm, dmin);
+  }
 };
 
 // ------------------------------------------------------------------ the weight (general path)
@@ -260,12 +273,180 @@ void gather_fwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, T* out, T* den, i
   }
 }
 
+// ------------------------------------------------------------------ fast paths: BY rows at once
+// Disk and polygon apertures without cat's eye: a tap's weight is clamp(R + 1/2 - n(d), 0, 1)
+// with one norm n per tap.  A block of BY x N pixels walks over the *source* rows; each source
+// vector is loaded once and used by all BY output rows (each with its own tap norm: rows beyond
+// the window read a norm of 1e30, weight 0), so the sums stay in BY x G vector registers.
+
+template <typename T>
+inline void block_range_rows(const Ctx<T>& k, const T* R, int nr, int nb, T& rmax, T& rmin) {
+  block_range(R, nb, rmax, rmin);
+  for (int r = 1; r < nr; ++r) {
+    T a, c;
+    block_range(R + static_cast<size_t>(r) * k.P, nb, a, c);
+    rmax = std::max(rmax, a);
+    rmin = std::min(rmin, c);
+  }
+}
+
+// Stores acc / den of the block's real channels (planes 1..C of group g); den from plane 0.
+template <typename T>
+inline void store_rows(const Ctx<T>& k, typename Vec<T>::type (&acc)[BY][G], int g, T* dst,
+                       T (&dn)[BY][Vec<T>::N], bool normalise, int b, int y0, int nr, int x0,
+                       int nb) {
+  constexpr int N = Vec<T>::N;
+  const size_t hw = static_cast<size_t>(k.H) * k.W;
+  for (int r = 0; r < nr; ++r) {
+    if (g == 0 && normalise) vstore(dn[r], acc[r][0]);
+    for (int c = 0; c < G; ++c) {
+      const int ch = g + c - 1;
+      if (ch < 0 || ch >= k.C) continue;
+      alignas(64) T a[N];
+      vstore(a, acc[r][c]);
+      T* o = dst + (static_cast<size_t>(b) * k.C + ch) * hw + static_cast<size_t>(y0 + r) * k.W + x0;
+      if (normalise) {
+        for (int j = 0; j < nb; ++j) o[j] = a[j] / dn[r][j];
+      } else {
+        for (int j = 0; j < nb; ++j) o[j] = a[j];
+      }
+    }
+  }
+}
+
+template <typename T>
+void gather_fwd_fast(const Ctx<T>& k, const T* Rp, const T* Ip, T* out, T* den, int b, int y0) {
+  typedef typename Vec<T>::type V;
+  constexpr int N = Vec<T>::N;
+  const int nr = std::min(BY, k.H - y0);
+  const T* Rb = Rp + b * k.plane;
+  const T* Ib = Ip + static_cast<size_t>(b) * k.NP * k.plane;
+  const size_t hw = static_cast<size_t>(k.H) * k.W;
+  for (int x0 = 0; x0 < k.W; x0 += N) {
+    const int nb = std::min(N, k.W - x0);
+    const size_t base = k.idx(y0, x0);
+    T rmax, rmin;
+    block_range_rows(k, Rb + base, nr, nb, rmax, rmin);
+    V R5[BY];
+    for (int r = 0; r < BY; ++r) R5[r] = vload<V>(Rb + base + static_cast<size_t>(r) * k.P) + T(0.5);
+    const int ky = k.ky_for(rmax);
+    alignas(64) T dn[BY][N];
+    for (int g = 0; g < k.NP; g += G) {
+      V acc[BY][G];
+      for (int r = 0; r < BY; ++r)
+        for (int c = 0; c < G; ++c) acc[r][c] = V{};
+      const T* pl = Ib + g * k.plane;
+      for (int sy = y0 - ky; sy <= y0 + nr - 1 + ky; ++sy) {
+        const int kx = k.kx_span(rmax, sy - y0 - (nr - 1), sy - y0);
+        if (kx < 0) continue;
+        const T* nrow[BY];
+        for (int r = 0; r < BY; ++r) nrow[r] = k.ntap_row(sy - y0 - r);
+        const T* src = pl + k.idx(sy, x0);
+        for (int dx = -kx; dx <= kx; ++dx) {
+          V s[G];
+          for (int c = 0; c < G; ++c) s[c] = vload<V>(src + dx + c * k.plane);
+          for (int r = 0; r < BY; ++r) {
+            const V w = vclamp01(R5[r] - nrow[r][dx]);
+            for (int c = 0; c < G; ++c) acc[r][c] += w * s[c];
+          }
+        }
+      }
+      store_rows(k, acc, g, out, dn, true, b, y0, nr, x0, nb);
+    }
+    for (int r = 0; r < nr; ++r) {
+      T* d = den + static_cast<size_t>(b) * hw + static_cast<size_t>(y0 + r) * k.W + x0;
+      for (int j = 0; j < nb; ++j) d[j] = dn[r][j];
+    }
+  }
+}
+
+// acc[r][c] += sum over sources q = p - d of W(d; c(q)) [iz(q)] plane_c(q), for the BY x N block
+// at (y0, x0); rn bounds the radius of every source whose footprint reaches the block.
+template <typename T, bool SCALE>
+inline void neighbour_sums_fast(const Ctx<T>& k, const T* Rb, const T* Zb, const T* pl, int y0,
+                                int nr, int x0, T rn, typename Vec<T>::type (&acc)[BY][G]) {
+  typedef typename Vec<T>::type V;
+  const int kyn = k.ky_for(rn);
+  for (int sq = y0 - kyn; sq <= y0 + nr - 1 + kyn; ++sq) {
+    const int kx = k.kx_span(rn, y0 - sq, y0 + nr - 1 - sq);
+    if (kx < 0) continue;
+    const T* nrow[BY];
+    for (int r = 0; r < BY; ++r) nrow[r] = k.ntap_row(y0 + r - sq);
+    const size_t qrow = k.idx(sq, x0);
+    for (int dx = -kx; dx <= kx; ++dx) {
+      const size_t q = qrow - dx;
+      const V rq5 = vload<V>(Rb + q) + T(0.5);
+      V zq = V{};
+      if (SCALE) zq = vload<V>(Zb + q);
+      V s[G];
+      for (int c = 0; c < G; ++c) s[c] = vload<V>(pl + q + c * k.plane);
+      for (int r = 0; r < BY; ++r) {
+        V w = vclamp01(rq5 - nrow[r][dx]);
+        if (SCALE) w *= zq;
+        for (int c = 0; c < G; ++c) acc[r][c] += w * s[c];
+      }
+    }
+  }
+}
+
+template <typename T>
+void scatter_fwd_fast(const Ctx<T>& k, const T* Rp, const T* Ip, const T* izp, T* out, T* den,
+                      int b, int y0) {
+  typedef typename Vec<T>::type V;
+  constexpr int N = Vec<T>::N;
+  const int nr = std::min(BY, k.H - y0);
+  const T* Rb = Rp + b * k.plane;
+  const T* Zb = izp + b * k.plane;
+  const T* Ib = Ip + static_cast<size_t>(b) * k.NP * k.plane;
+  const size_t hw = static_cast<size_t>(k.H) * k.W;
+  for (int x0 = 0; x0 < k.W; x0 += N) {
+    const int nb = std::min(N, k.W - x0);
+    const T rn = k.tnb[(static_cast<size_t>(b) * k.nty + y0 / TY) * k.ntx + x0 / N];
+    alignas(64) T dn[BY][N];
+    for (int g = 0; g < k.NP; g += G) {
+      if (g > k.C) continue;
+      V acc[BY][G];
+      for (int r = 0; r < BY; ++r)
+        for (int c = 0; c < G; ++c) acc[r][c] = V{};
+      neighbour_sums_fast<T, true>(k, Rb, Zb, Ib + g * k.plane, y0, nr, x0, rn, acc);
+      store_rows(k, acc, g, out, dn, true, b, y0, nr, x0, nb);
+    }
+    for (int r = 0; r < nr; ++r) {
+      T* d = den + static_cast<size_t>(b) * hw + static_cast<size_t>(y0 + r) * k.W + x0;
+      for (int j = 0; j < nb; ++j) d[j] = dn[r][j];
+    }
+  }
+}
+
+// The gather's image gradient dI(q) = sum_d W(d; c(q-d)) gn(q-d) for a BY x N block.
+template <typename T>
+void gather_bwd_dimg_fast(const Ctx<T>& k, const T* Rp, const T* Gp, T* d_img, int b, int y0) {
+  typedef typename Vec<T>::type V;
+  constexpr int N = Vec<T>::N;
+  const int nr = std::min(BY, k.H - y0);
+  const T* Rb = Rp + b * k.plane;
+  const T* Gb = Gp + static_cast<size_t>(b) * k.NP * k.plane;
+  for (int x0 = 0; x0 < k.W; x0 += N) {
+    const int nb = std::min(N, k.W - x0);
+    const T rn = k.tnb[(static_cast<size_t>(b) * k.nty + y0 / TY) * k.ntx + x0 / N];
+    alignas(64) T dn[BY][N];
+    for (int g = 0; g < k.NP; g += G) {
+      if (g > k.C) continue;
+      V acc[BY][G];
+      for (int r = 0; r < BY; ++r)
+        for (int c = 0; c < G; ++c) acc[r][c] = V{};
+      neighbour_sums_fast<T, false>(k, Rb, nullptr, Gb + g * k.plane, y0, nr, x0, rn, acc);
+      store_rows(k, acc, g, d_img, dn, false, b, y0, nr, x0, nb);
+    }
+  }
+}
+
 // ------------------------------------------------------------------ gather backward
 // dI(q) = sum_d W(d; c(q-d), q-d) gn(q-d)                   (neighbours' kernels)
 // dc(p) = sum_d W'(d; c(p), p) valid(p+d) [sum_ch gn(p) I(p+d)] - s(p) sum_d W' valid(p+d)
 template <typename T, bool FAST>
 void gather_bwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* Gp, T* d_img, T* d_coc,
-                    int b, int y, std::vector<typename Vec<T>::type>& gnp) {
+                    int b, int y, std::vector<typename Vec<T>::type>& gnp, bool do_dimg) {
   typedef typename Vec<T>::type V;
   constexpr int N = Vec<T>::N;
   const T* Rb = Rp + b * k.plane;
@@ -318,6 +499,7 @@ void gather_bwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* Gp, T* d
       for (int j = 0; j < nb; ++j) d[j] = a[j] - ws[j] * sp[j];
     }
     // ---- d image: a gather over the neighbours p = q - d with their own kernels
+    if (!do_dimg) continue;
     const T rn = k.tnb[(static_cast<size_t>(b) * k.nty + y / TY) * k.ntx + x0 / N];
     const T rn5 = rn + T(0.5);
     const int kyn = k.ky_for(rn);
@@ -614,10 +796,10 @@ void setup(Ctx<T>& k, const T* coc, const T* table, int tab_h, int tab_w, const 
   P = ((P + 15) / 16) * 16;
   if ((static_cast<size_t>(P) * sizeof(T)) % 4096 == 0) P += 16;
   k.P = P;
-  k.Hp = H + 2 * k.KY;
+  k.Hp = H + 2 * k.KY + BY;   // BY spare rows below: blocks of BY rows never read past the end
   k.plane = static_cast<size_t>(k.Hp) * P;
   // tap norms (disk, polygon) in T, in the reference's order of operations
-  k.ntap.assign(static_cast<size_t>(2 * k.KY + 1) * k.NTX, T(0));
+  k.ntap.assign(static_cast<size_t>(2 * k.KY + 1 + 2 * BY) * k.NTX, T(1e30));
   if (k.kind != 2) {
     std::vector<T> cs, sn;
     const T inv = T(std::cos(M_PI / std::max(blades, 3)));
@@ -638,7 +820,7 @@ void setup(Ctx<T>& k, const T* coc, const T* table, int tab_h, int tab_w, const 
           const T poly = m / inv;
           n = T(1.0 - rnd) * poly + T(rnd) * n;
         }
-        k.ntap[static_cast<size_t>(dy + k.KY) * k.NTX + dx + k.KX] = n;
+        k.ntap[static_cast<size_t>(dy + k.KY + BY) * k.NTX + dx + k.KX] = n;
       }
     }
   }
@@ -756,13 +938,20 @@ void forward(const T* img, const T* coc, const T* table, int tab_h, int tab_w, c
   fill_planes(k, img, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), Ip.get(),
               nthreads);
   const long rows = static_cast<long>(B) * H;
+  const int nby = (H + BY - 1) / BY;
+  const long blocks = static_cast<long>(B) * nby;   // BY-row blocks of the fast paths
   const bool fast = k.fast();
   if (method == 0) {
+    if (fast) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-    for (long r = 0; r < rows; ++r) {
-      const int b = static_cast<int>(r / H), y = static_cast<int>(r % H);
-      if (fast) gather_fwd_row<T, true>(k, Rp.get(), Ip.get(), out, den, b, y);
-      else gather_fwd_row<T, false>(k, Rp.get(), Ip.get(), out, den, b, y);
+      for (long r = 0; r < blocks; ++r)
+        gather_fwd_fast<T>(k, Rp.get(), Ip.get(), out, den, static_cast<int>(r / nby),
+                           static_cast<int>(r % nby) * BY);
+    } else {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+      for (long r = 0; r < rows; ++r)
+        gather_fwd_row<T, false>(k, Rp.get(), Ip.get(), out, den, static_cast<int>(r / H),
+                                 static_cast<int>(r % H));
     }
   } else {
     neighbour_bound(k, Rp.get(), nthreads);
@@ -776,11 +965,16 @@ void forward(const T* img, const T* coc, const T* table, int tab_h, int tab_w, c
       if (fast) mass_row<T, true>(k, Rp.get(), iz.get(), b, y);
       else mass_row<T, false>(k, Rp.get(), iz.get(), b, y);
     }
+    if (fast) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-    for (long r = 0; r < rows; ++r) {
-      const int b = static_cast<int>(r / H), y = static_cast<int>(r % H);
-      if (fast) scatter_fwd_row<T, true>(k, Rp.get(), Ip.get(), iz.get(), out, den, b, y);
-      else scatter_fwd_row<T, false>(k, Rp.get(), Ip.get(), iz.get(), out, den, b, y);
+      for (long r = 0; r < blocks; ++r)
+        scatter_fwd_fast<T>(k, Rp.get(), Ip.get(), iz.get(), out, den, static_cast<int>(r / nby),
+                            static_cast<int>(r % nby) * BY);
+    } else {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+      for (long r = 0; r < rows; ++r)
+        scatter_fwd_row<T, false>(k, Rp.get(), Ip.get(), iz.get(), out, den,
+                                  static_cast<int>(r / H), static_cast<int>(r % H));
     }
   }
 }
@@ -805,11 +999,18 @@ void backward(const T* grad, const T* img, const T* coc, const T* table, int tab
 #pragma omp parallel num_threads(nthreads)
     {
       std::vector<typename Vec<T>::type> gnp;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
       for (long r = 0; r < rows; ++r) {
         const int b = static_cast<int>(r / H), y = static_cast<int>(r % H);
-        if (fast) gather_bwd_row<T, true>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc, b, y, gnp);
-        else gather_bwd_row<T, false>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc, b, y, gnp);
+        if (fast) gather_bwd_row<T, true>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc, b, y, gnp, false);
+        else gather_bwd_row<T, false>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc, b, y, gnp, true);
+      }
+      if (fast) {
+        const int nby = (H + BY - 1) / BY;
+#pragma omp for schedule(dynamic, 1)
+        for (long r = 0; r < static_cast<long>(B) * nby; ++r)
+          gather_bwd_dimg_fast<T>(k, Rp.get(), Gp.get(), d_img, static_cast<int>(r / nby),
+                                  static_cast<int>(r % nby) * BY);
       }
     }
   } else {
