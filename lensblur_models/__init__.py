@@ -16,3 +16,10 @@ from .exif_defocus import (ExifDefocusConfig, ExifDefocusPipeline, FocusDistance
 
 __all__ += ["blur_monotonicity", "ExifData", "ExifEmbedder", "ExifError", "read_exif", "validate_exif",
             "ExifDefocusConfig", "ExifDefocusPipeline", "FocusDistanceConfig", "FocusDistanceTransformer"]
+
+# issue 10: generative refocusing (DeblurNet + BokehNet)
+from .genrefocus import (BokehNet, BokehNetConfig, DeblurNet, DeblurNetConfig, PhysicalBokeh,  # noqa: E402
+                         RefocusPipeline, refocus)
+
+__all__ += ["BokehNet", "BokehNetConfig", "DeblurNet", "DeblurNetConfig", "PhysicalBokeh", "RefocusPipeline",
+            "refocus"]
