@@ -38,6 +38,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 PathLike = Union[str, os.PathLike]
 
+#: File in which an adapter's own settings are saved next to the wrapped checkpoint.
+ADAPTER_CONFIG = "lensblur_adapter.json"
+
+
+def _read_adapter_config(path: Path, kwargs: dict) -> dict:
+    """Saved adapter settings, overridden by explicit keyword arguments."""
+    f = path / ADAPTER_CONFIG
+    saved = json.loads(f.read_text()) if f.is_file() else {}
+    return {**saved, **kwargs}
+
 
 def _local_dir(path: PathLike, name: str = "path") -> Path:
     p = Path(path)
@@ -107,13 +117,16 @@ class DiffusersGenerator(nn.Module):
         """Load a diffusers pipeline from the local directory ``path`` (no download)."""
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(str(_local_dir(path)), local_files_only=True)
+        p = _local_dir(path)
+        pipe = DiffusionPipeline.from_pretrained(str(p), local_files_only=True)
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe, **kwargs)
+        return cls(pipe, **_read_adapter_config(p, kwargs))
 
     def save_pretrained(self, path: PathLike) -> None:
-        """Write the (possibly fine-tuned) pipeline in diffusers format."""
+        """Write the (possibly fine-tuned) pipeline in diffusers format, plus the adapter settings."""
         self.pipeline.save_pretrained(str(path))
+        settings = {"num_inference_steps": self.num_inference_steps, "image_size": list(self.image_size)}
+        (Path(path) / ADAPTER_CONFIG).write_text(json.dumps(settings))
 
     # -- helpers ----------------------------------------------------------------------------
     def _encode_prompt(self, cond, batch_size: int, device):
@@ -268,6 +281,7 @@ class TransformersDepth(nn.Module):
 
         p = _local_dir(path)
         model = AutoModelForDepthEstimation.from_pretrained(str(p), local_files_only=True)
+        kwargs = _read_adapter_config(p, kwargs)
         proc = p / "preprocessor_config.json"
         if proc.is_file():
             with open(proc) as f:
@@ -277,10 +291,11 @@ class TransformersDepth(nn.Module):
         return cls(model, **kwargs)
 
     def save_pretrained(self, path: PathLike) -> None:
-        """Write the wrapped model (transformers format) and its normalisation."""
+        """Write the wrapped model (transformers format) and the adapter settings."""
         self.model.save_pretrained(str(path))
-        with open(Path(path) / "preprocessor_config.json", "w") as f:
-            json.dump({"image_mean": self.mean.flatten().tolist(), "image_std": self.std.flatten().tolist()}, f)
+        settings = {"input_size": self.input_size, "kind": self.kind, "max_relative_depth": self.max_relative_depth,
+                    "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+        (Path(path) / ADAPTER_CONFIG).write_text(json.dumps(settings))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` image in ``[0, 1]`` -> ``(B, 1, H, W)`` depth > 0."""
