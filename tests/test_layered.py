@@ -1,0 +1,318 @@
+"""Occlusion-aware layered rendering (``render(method="layered")``, :mod:`lensblur.layered`)."""
+
+import math
+
+import pytest
+import torch
+
+import lensblur
+from lensblur import Aperture, LensBlur, ThinLens, defocus, render
+from lensblur.layered import layer_centres, push_pull, render_layered, tent_weights
+
+H, W = 24, 32
+FOCUS_M = 2.0
+# 50 mm f/1.4 focused at 2 m on a 2 mm wide "sensor" imaged on 32 px: ~11 px of blur at 10 m
+LENS = ThinLens(focal_length_mm=50.0, f_number=1.4, focus_distance_m=FOCUS_M, sensor_width_mm=2.0)
+FG = (slice(8, 16), slice(10, 20))        # the foreground square (rows, cols)
+FG_COLOUR = torch.tensor([0.9, 0.1, 0.1]).view(1, 3, 1, 1)
+
+
+def textured(h=H, w=W, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return (0.2 + 0.6 * torch.rand(1, 3, h, w, generator=g)).to(dtype)
+
+
+def square_scene(fg_depth, bg_depth, dtype=torch.float32):
+    """A red square at ``fg_depth`` in front of a textured background at ``bg_depth`` (metres)."""
+    img = textured(dtype=dtype)
+    img[(...,) + FG] = FG_COLOUR.to(dtype)
+    depth = torch.full((1, 1, H, W), bg_depth, dtype=dtype)
+    depth[(...,) + FG] = fg_depth
+    return img, depth
+
+
+def fg_mask(shrink=0):
+    m = torch.zeros(1, 1, H, W, dtype=torch.bool)
+    r, c = FG
+    m[..., r.start + shrink:r.stop - shrink, c.start + shrink:c.stop - shrink] = True
+    return m
+
+
+def ring(inner, outer):
+    """Background pixels whose Chebyshev distance to the square is in ``[inner, outer]``."""
+    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    r, c = FG
+    dy = torch.maximum(r.start - yy, yy - (r.stop - 1)).clamp_min(0)
+    dx = torch.maximum(c.start - xx, xx - (c.stop - 1)).clamp_min(0)
+    d = torch.maximum(dy, dx)
+    return ((d >= inner) & (d <= outer))[None, None]
+
+
+def rend(img, depth, lens=LENS, **kw):
+    kw.setdefault("backend", "torch")
+    return render(img, depth, lens, method="layered", **kw)
+
+
+class TestOcclusion:
+    def test_sharp_foreground_keeps_its_colour_at_the_edge(self):
+        img, depth = square_scene(FOCUS_M, 10.0)
+        assert float(LENS.coc_px(torch.tensor(10.0), W)) > 9.0          # strongly blurred bg
+        out = rend(img, depth)
+        inside = fg_mask().expand_as(img)
+        err = (out - img).abs()[inside]
+        assert float(err.max()) < 0.01
+        # the scene is a real test: a plain scatter bleeds the background into the square
+        naive = defocus(img, LENS.coc_px(depth, W), method="scatter", backend="torch")
+        assert float((naive - img).abs()[inside].max()) > 0.1
+
+    def test_no_halo_around_sharp_foreground(self):
+        img, depth = square_scene(FOCUS_M, 10.0)
+        out = rend(img, depth)
+        # the same background without the square, blurred everywhere
+        bg_only = rend(textured(), torch.full_like(depth, 10.0))
+        near = ring(1, 2).expand_as(img)
+        diff = (out - bg_only)[near]
+        # no red bleeding outwards and no dark/bright halo: the ring matches the plain blurred bg
+        assert abs(float(diff.mean())) < 0.03 and float(diff.abs().max()) < 0.12
+        red_excess = (out - bg_only)[:, 0:1][ring(1, 2)]
+        assert float(red_excess.mean()) < 0.03
+
+    def test_blurred_foreground_spreads_over_sharp_background(self):
+        img, depth = square_scene(1.2, FOCUS_M)
+        coc = float(LENS.coc_px(torch.tensor(1.2), W))
+        assert coc > 9.0
+        out = rend(img, depth)
+        # just outside the square: a semi-transparent mix of red and background
+        edge = ring(1, 2)
+        red = out[:, 0:1][edge] - img[:, 0:1][edge]
+        assert float(red.mean()) > 0.1
+        frac = ((out - img)[:, 0:1] / (FG_COLOUR[:, 0:1] - img[:, 0:1]))[edge]
+        assert 0.05 < float(frac.mean()) < 0.6
+        # far from the square (beyond the blur radius) the sharp background is untouched
+        far = ring(int(math.ceil(coc / 2)) + 1, 99).expand_as(img)
+        torch.testing.assert_close(out[far], img[far], atol=1e-6, rtol=0)
+
+    def test_partial_occlusion_shows_hidden_background(self):
+        # inside the blurred square's edge the (hidden) background shows through, with the
+        # colours of the background around it (the fill), not black and not the square's red
+        img = torch.full((1, 3, H, W), 0.0)
+        img[:, 2] = 0.8                                   # blue background
+        img[(...,) + FG] = FG_COLOUR
+        depth = torch.full((1, 1, H, W), FOCUS_M)
+        depth[(...,) + FG] = 1.2
+        out = rend(img, depth)
+        inner_edge = fg_mask() & ~fg_mask(shrink=1)
+        blue = out[:, 2:3][inner_edge]
+        assert float(blue.mean()) > 0.2                   # the hidden blue background shows
+        lum = out.sum(1, keepdim=True)[inner_edge]
+        assert float(lum.min()) > 0.8                     # no dark rim (0.9 + 0.2 = 1.1 pure)
+
+    def test_split_surface_does_not_show_what_is_behind(self):
+        # a wide flat surface whose coc lies between two layer centres, over a white background
+        img = torch.ones(1, 3, H, W)
+        img[..., 4:20, 4:28] = torch.tensor([0.1, 0.5, 0.2]).view(1, 3, 1, 1)
+        s = torch.zeros(1, 1, H, W)
+        s[..., 4:20, 4:28] = -3.4
+        centres = layer_centres(-3.4, 0.0)
+        assert min(abs(c + 3.4) for c in centres) > 0.5   # really split between two layers
+        out = render_layered(img, s, backend="torch")
+        interior = out[..., 10:14, 12:20]
+        torch.testing.assert_close(interior, img[..., 10:14, 12:20], atol=1e-5, rtol=0)
+
+
+class TestBasics:
+    def test_all_in_focus_is_identity(self):
+        img = textured()
+        out = rend(img, torch.full((1, 1, H, W), FOCUS_M))
+        torch.testing.assert_close(out, img, atol=0, rtol=0)
+
+    def test_constant_image_stays_constant(self):
+        img = torch.full((1, 3, H, W), 0.37)
+        depth = 0.8 + 8 * torch.rand(1, 1, H, W, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(rend(img, depth), img, atol=1e-5, rtol=0)
+
+    def test_single_layer_equals_plain_blur(self):
+        img, depth = square_scene(1.2, 10.0)
+        s = LENS.coc_px(depth, W, signed=True)
+        out = render_layered(img, s, backend="torch", num_layers=1)
+        torch.testing.assert_close(out, defocus(img, s.abs(), method="scatter", backend="torch"))
+
+    def test_does_not_modify_inputs(self):
+        img, depth = square_scene(1.2, 10.0)
+        i0, d0 = img.clone(), depth.clone()
+        rend(img, depth)
+        assert torch.equal(img, i0) and torch.equal(depth, d0)
+
+    def test_batch_with_per_sample_lens_equals_loop(self):
+        a, da = square_scene(1.2, 10.0)
+        b, db = square_scene(FOCUS_M, 4.0)
+        img, depth = torch.cat([a, b]), torch.cat([da, db])
+        focus = torch.tensor([FOCUS_M, 3.0])
+        lens = ThinLens(50.0, 1.4, focus, sensor_width_mm=2.0)
+        out = rend(img, depth, lens)
+        for i in range(2):
+            single = rend(img[i:i + 1], depth[i:i + 1],
+                          ThinLens(50.0, 1.4, float(focus[i]), sensor_width_mm=2.0))
+            torch.testing.assert_close(out[i:i + 1], single, atol=1e-5, rtol=1e-5)
+
+    def test_auto_backend_agrees_with_torch(self):
+        img, depth = square_scene(1.2, 10.0)
+        torch.testing.assert_close(rend(img, depth, backend="auto"), rend(img, depth),
+                                   atol=1e-4, rtol=1e-4)
+
+    def test_module_equals_functional(self):
+        img, depth = square_scene(1.2, 10.0)
+        ap = Aperture.polygon(6)
+        layer = LensBlur(aperture=ap, sensor_width_mm=2.0, backend="torch")
+        assert layer.method == "layered"
+        out = layer(img, depth, focal_length_mm=50.0, f_number=1.4, focus_distance_m=FOCUS_M)
+        torch.testing.assert_close(out, rend(img, depth, aperture=ap))
+
+    def test_num_layers_validated(self):
+        img, depth = square_scene(1.2, 10.0)
+        with pytest.raises(ValueError, match="num_layers"):
+            rend(img, depth, num_layers=0)
+
+
+class TestGradients:
+    def test_gradcheck_image_depth_focus_fnumber(self):
+        g = torch.Generator().manual_seed(3)
+        img = torch.rand(1, 1, 4, 5, generator=g, dtype=torch.float64)
+        depth = 0.7 + 4.0 * torch.rand(1, 1, 4, 5, generator=g, dtype=torch.float64)
+
+        def f(i, d, s1, n):
+            return render(i, d, ThinLens(50.0, n, s1, sensor_width_mm=1.5), method="layered",
+                          backend="torch")
+
+        assert lensblur.testing.gradcheck(f, img, depth, torch.tensor(1.6, dtype=torch.float64),
+                                          torch.tensor(2.0, dtype=torch.float64))
+
+    def test_gradients_reach_every_lens_parameter(self):
+        img, depth = square_scene(1.2, 10.0, dtype=torch.float64)
+        params = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
+                  for k, v in dict(focal_length_mm=50.0, f_number=1.4, focus_distance_m=FOCUS_M).items()}
+        depth.requires_grad_()
+        out = rend(img, depth, ThinLens(**params, sensor_width_mm=2.0))
+        grads = torch.autograd.grad((out * torch.randn_like(out)).sum(), [depth, *params.values()])
+        for gr in grads:
+            assert torch.isfinite(gr).all() and float(gr.abs().sum()) > 0
+
+    def test_focus_recovery_by_gradient_descent(self):
+        img, depth = lensblur.scene.make_scene(24, 32, seed=0)
+        true_focus = 2.6
+        kw = dict(focal_length_mm=50.0, f_number=1.4, sensor_width_mm=4.0)
+        target = rend(img, depth, ThinLens(focus_distance_m=true_focus, **kw))
+        log_focus = torch.tensor(math.log(4.0), requires_grad=True)
+        opt = torch.optim.Adam([log_focus], lr=0.05)
+        for _ in range(60):
+            opt.zero_grad()
+            out = rend(img, depth, ThinLens(focus_distance_m=log_focus.exp(), **kw))
+            loss = (out - target).pow(2).mean()
+            loss.backward()
+            log_focus.grad.clamp_(-1.0, 1.0)
+            opt.step()
+        assert abs(float(log_focus.detach().exp()) / true_focus - 1) < 0.02
+
+
+class TestControls:
+    def test_highlight_boost_raises_bokeh_peak(self):
+        img = torch.full((1, 3, H, W), 0.2)
+        img[..., 12, 16] = 4.0
+        depth = torch.full((1, 1, H, W), 10.0)
+        a = rend(img, depth)
+        b = rend(img, depth, highlight_boost=3.0)
+        # the disc's excess over the 0.2 floor grows ~ (1 + boost) (4 - 1) + 1 - 0.2 vs 3.8
+        assert float(b.max()) - 0.2 > 2.5 * (float(a.max()) - 0.2)
+        # the boost only touches highlights: a scene without them is unchanged
+        dim = textured()
+        torch.testing.assert_close(rend(dim, depth, highlight_boost=3.0), rend(dim, depth))
+
+    @staticmethod
+    def _moments(out):
+        y = (out - out.amin(dim=(-2, -1), keepdim=True)).sum(1)[0]
+        yy, xx = torch.meshgrid(torch.arange(H, dtype=y.dtype), torch.arange(W, dtype=y.dtype), indexing="ij")
+        m = y.sum()
+        cy, cx = (yy * y).sum() / m, (xx * y).sum() / m
+        return float(((yy - cy) ** 2 * y).sum() / m), float(((xx - cx) ** 2 * y).sum() / m)
+
+    def test_anamorphic_squeeze_makes_discs_taller_than_wide(self):
+        img = torch.zeros(1, 3, H, W)
+        img[..., 12, 16] = 1.0
+        depth = torch.full((1, 1, H, W), 10.0)
+        vy, vx = self._moments(rend(img, depth))
+        assert abs(vy / vx - 1) < 0.1
+        vy, vx = self._moments(rend(img, depth, squeeze=1.8))
+        assert vy / vx > 2.0
+
+    def test_cats_eye_changes_corner_bokeh_not_centre(self):
+        img = torch.zeros(1, 3, H, W)
+        img[..., 12, 16] = 1.0        # a light at the frame centre (11.5, 15.5)
+        img[..., 3, 3] = 1.0          # a light near the corner
+        depth = torch.full((1, 1, H, W), 10.0)
+        a = rend(img, depth)
+        b = rend(img, depth, cats_eye=1.0)
+
+        def shape_change(region):     # L1 distance of the two discs' normalised shapes
+            pa, pb = a[region][:, 0], b[region][:, 0]
+            return float((pa / pa.sum() - pb / pb.sum()).abs().sum())
+
+        centre = (slice(None), slice(None), slice(6, 19), slice(9, 24))
+        corner = (slice(None), slice(None), slice(0, 10), slice(0, 10))
+        assert shape_change(corner) > 0.3          # the corner disc is cut into a cat's eye
+        assert shape_change(centre) < 0.1          # the centre disc keeps its shape
+
+    def test_near_and_far_scale_only_their_side(self):
+        img, depth = square_scene(1.2, 10.0)
+        base = rend(img, depth)
+        bg, sq = ~fg_mask(shrink=0) & ring(8, 99), fg_mask(shrink=3)
+        no_far = rend(img, depth, far_scale=0.0)
+        # the background (behind focus) becomes sharp, the near square stays blurred
+        torch.testing.assert_close(no_far[bg.expand_as(img)], img[bg.expand_as(img)], atol=1e-5, rtol=0)
+        torch.testing.assert_close(no_far[sq.expand_as(img)], base[sq.expand_as(img)], atol=0.02, rtol=0)
+        no_near = rend(img, depth, near_scale=0.0)
+        torch.testing.assert_close(no_near[fg_mask().expand_as(img)], img[fg_mask().expand_as(img)],
+                                   atol=0.01, rtol=0)
+        # a larger far scale blurs the background more (less texture left)
+        more_far = rend(img, depth, far_scale=1.5)
+        assert float(more_far[bg.expand_as(img)].std()) < float(base[bg.expand_as(img)].std())
+
+    def test_gamma_blurs_in_linear_light(self):
+        img = torch.full((1, 3, H, W), 0.05)
+        img[..., :, 16:] = 0.9                              # a bright/dark edge, encoded
+        depth = torch.full((1, 1, H, W), 10.0)
+        depth[..., :, 24:] = FOCUS_M
+        lin = rend(img, depth)
+        enc = rend(img, depth, gamma=2.2)
+        assert float((enc - lin).abs().max()) > 0.05
+        manual = rend(img ** 2.2, depth) ** (1 / 2.2)
+        torch.testing.assert_close(enc, manual, atol=1e-5, rtol=1e-5)
+        mid = (lin > 0.1) & (lin < 0.85)
+        assert mid.any() and bool((enc[mid] > lin[mid]).all())
+
+
+class TestPieces:
+    def test_centres_cover_range_and_adapt(self):
+        assert layer_centres(0.0, 0.0) == [0.0]
+        small, large = layer_centres(-2.0, 3.0), layer_centres(-2.0, 60.0)
+        assert small[0] <= -2.0 and small[-1] >= 3.0 and len(large) > len(small)
+        assert len(layer_centres(-500.0, 500.0)) <= lensblur.layered.MAX_LAYERS
+        assert len(layer_centres(-5.0, 5.0, num_layers=7)) == 7
+
+    def test_tent_weights_partition_unity(self):
+        centres = layer_centres(-8.0, 20.0)
+        s = torch.linspace(-8.0, 20.0, 301)
+        w = torch.stack([tent_weights(s, centres, k) for k in range(len(centres))])
+        torch.testing.assert_close(w.sum(0), torch.ones_like(s))
+        assert bool((w >= 0).all()) and int((w > 0).sum(0).max()) <= 2
+
+    def test_push_pull_fills_from_own_neighbourhood(self):
+        alpha = torch.zeros(1, 1, 16, 16)
+        alpha[..., :, :6] = 1.0
+        colour = torch.tensor([0.3, 0.6]).view(1, 2, 1, 1) * alpha
+        fill, fa = push_pull(colour, alpha, 2)
+        assert bool((fa[..., :, :8] > 0.5).all())          # present next to the content
+        torch.testing.assert_close(fill[..., :, 6:10] / fa[..., :, 6:10],
+                                   torch.tensor([0.3, 0.6]).view(1, 2, 1, 1).expand(1, 2, 16, 4))
+        assert float(fa[..., :, 12:].max()) < 0.01         # but only within a few pixels
+        # inside the content the fill is the content's own colour
+        assert float(fa[..., :, :4].min()) > 0.99 and float(fill[..., :, :4].sub(colour[..., :, :4]).abs().max()) < 1e-6
