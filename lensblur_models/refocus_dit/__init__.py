@@ -1,0 +1,32 @@
+"""Refocusing diffusion transformer trained on simulated pairs with the stacking constraint.
+
+After DiffCamera (seed 001/002): refocus an existing image to a new focus point ``(x, y)`` and
+bokeh level ``b``.
+
+* :mod:`.simulate` — (reference, target, condition) pairs and multi-focus renders with
+  :func:`lensblur.render`.
+* :mod:`.model` — :class:`RefocusDiT` (token concat [noisy target; reference; depth; flag]).
+* :mod:`.codec` — pixel space or a ``diffusers`` VAE.
+* :mod:`.training` — flow-matching + stacking loss, depth dropout.
+* :mod:`.pipeline` — the sampler :func:`refocus`.
+* :mod:`.flux` — the same conditioning on a ``diffusers`` FLUX transformer with LoRA.
+* :mod:`.train` — the training command (single process or ``torchrun`` DDP).
+"""
+
+from .codec import AutoencoderKLCodec, IdentityCodec, LatentCodec
+from .model import RefocusDiT, RefocusDiTConfig, normalized_disparity
+from .pipeline import RefocusPipeline, refocus
+from .simulate import (DEFAULT_RENDER_METHOD, RefocusBatch, SimulationConfig, focus_depth_at,
+                       lens_for_condition, multi_focus_render, render_condition, render_signed_coc,
+                       sample_conditions, simulate_batch)
+from .training import TrainConfig, flow_matching_inputs, stacking_loss, training_step
+
+__all__ = [
+    "AutoencoderKLCodec", "IdentityCodec", "LatentCodec",
+    "RefocusDiT", "RefocusDiTConfig", "normalized_disparity",
+    "RefocusPipeline", "refocus",
+    "DEFAULT_RENDER_METHOD", "RefocusBatch", "SimulationConfig", "focus_depth_at",
+    "lens_for_condition", "multi_focus_render", "render_condition", "render_signed_coc",
+    "sample_conditions", "simulate_batch",
+    "TrainConfig", "flow_matching_inputs", "stacking_loss", "training_step",
+]
