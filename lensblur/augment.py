@@ -64,7 +64,7 @@ from .validation import LensBlurError, check_choice, check_map, check_positive_f
 __all__ = ["RandomDefocus", "DefocusParameterGenerator", "DEFAULT_METHOD", "DEPTH_PRIORS"]
 
 #: The rendering method used when ``RandomDefocus(method=None)``.
-DEFAULT_METHOD = "gather"
+DEFAULT_METHOD = "layered"
 
 #: The built-in depth priors (a callable is accepted too).
 DEPTH_PRIORS = ("plane", "ramp")
