@@ -156,6 +156,14 @@ def _build() -> ctypes.CDLL:
     return lib
 
 
+def _summary(exc: BaseException) -> str:
+    """One line about a build failure: the compiler's first error line when there is one."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error:" in ln.lower()]
+    line = errors[0] if errors else (lines[-1] if lines else "")
+    return f"{type(exc).__name__}: {line}"[:500]
+
+
 def load_library() -> Optional[ctypes.CDLL]:
     """The loaded kernel library, building it on first use; ``None`` when it cannot be built
     (the reason is in :func:`unavailable_reason`; one ``RuntimeWarning`` is emitted)."""
@@ -167,8 +175,7 @@ def load_library() -> Optional[ctypes.CDLL]:
             try:
                 _LIB = _build()
             except Exception as exc:  # no compiler, no ninja, build error, missing sources
-                msg = str(exc).strip().splitlines()
-                _ERROR = f"{type(exc).__name__}: {msg[-1] if msg else ''}"[:500]
+                _ERROR = _summary(exc)
         if _LIB is None and not _WARNED:
             _WARNED = True
             warnings.warn(f"lensblur: the native C++ CPU kernels are unavailable ({_ERROR}); "
