@@ -335,7 +335,7 @@ class RandomDefocus(IntensityAugmentationBase2D):
         b, _, h, w = input.shape
         dev = input.device
         cdtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-        depth = self._depth(input, params, flags).to(cdtype)
+        depth = self._depth(input, params).to(cdtype)
         used = {k: params[k].to(dev) for k in ("focal_length_mm", "f_number", "aperture_index", "blades",
                                                "rotation_deg")}
         used["focal_length_mm"] = used["focal_length_mm"].to(cdtype)
@@ -431,7 +431,7 @@ class RandomDefocus(IntensityAugmentationBase2D):
             return Aperture.polygon(blades=blades, rotation_deg=rotation_deg)
         return Aperture.disk()
 
-    def _depth(self, input: torch.Tensor, params: Dict[str, torch.Tensor], flags: Dict[str, Any]) -> torch.Tensor:
+    def _depth(self, input: torch.Tensor, params: Dict[str, torch.Tensor]) -> torch.Tensor:
         if self._call_depth is not None:
             depth = self._call_depth
             check_same_geometry(input, depth, "depth", "input")
@@ -441,20 +441,19 @@ class RandomDefocus(IntensityAugmentationBase2D):
     def prior_depth(self, image: torch.Tensor, params: Dict[str, torch.Tensor]) -> torch.Tensor:
         """The depth ``(B, 1, H, W)`` in metres that ``depth_prior`` gives ``image`` ``(B, C, H, W)``
         for a draw ``params`` (``aug._params`` or the returned params)."""
-        input = image
-        b, _, h, w = input.shape
+        b, _, h, w = image.shape
         prior = self.depth_prior
         near, far = self.flags["depth_range_m"]
         if prior == "plane":
-            dist = params["plane_distance_m"].to(input.device, torch.float64)
+            dist = params["plane_distance_m"].to(image.device, torch.float64)
             return dist.view(b, 1, 1, 1).expand(b, 1, h, w)
         if prior == "ramp":
-            t = torch.linspace(0.0, 1.0, h, device=input.device, dtype=torch.float64)
+            t = torch.linspace(0.0, 1.0, h, device=image.device, dtype=torch.float64)
             disparity = 1.0 / far + t * (1.0 / near - 1.0 / far)
             return (1.0 / disparity).view(1, 1, h, 1).expand(b, 1, h, w)
-        depth = prior(input)
+        depth = prior(image)
         check_map(depth, "depth_prior(image)", positive=True)
-        check_same_geometry(input, depth, "depth_prior(image)", "input")
+        check_same_geometry(image, depth, "depth_prior(image)", "image")
         return depth
 
 
