@@ -189,13 +189,26 @@ def push_pull(premult: torch.Tensor, alpha: torch.Tensor, levels
     return up[:, :-1], up[:, -1:]
 
 
-def _fill_levels(centres: List[float], k: int, first: List[int], max_levels: int) -> torch.Tensor:
-    """Push-pull depth per sample: reach the largest blur radius among layers nearer than k-1."""
-    out = []
-    for j0 in first:
-        radius = max(abs(centres[min(j0, k - 2)]), abs(centres[k - 2])) / 2
-        out.append(min(max_levels, max(1, int(math.ceil(math.log2(radius + 2))) + 1)))
-    return torch.tensor(out)
+def _hole_fill(own: torch.Tensor, w: torch.Tensor, reach_px: torch.Tensor, max_levels: int
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Push-pull fill of a layer reaching ``reach_px`` pixels (``(B,)``), continuous in the reach.
+
+    The pyramid depth ``l = log2(reach + 2) + 1`` is fractional: the fills of the two nearest
+    integer depths are blended, so the fill (and the render) changes continuously when the
+    blur in front of the layer changes.  The presence ``min(1, 2 A_fill)`` is full up to about
+    half the pyramid's reach and falls to zero beyond it.
+    """
+    depth = (torch.log2(reach_px + 2.0) + 1.0).clamp(1.0, float(max_levels))
+    lo = depth.detach().floor()
+    frac = (depth - lo).view(-1, 1, 1, 1)
+    lo = lo.long()
+    fill, fill_alpha = push_pull(own, w, lo)
+    if bool((frac > 0).any()):
+        fill2, fill_alpha2 = push_pull(own, w, (lo + 1).clamp_max(max_levels))
+        fill = fill + frac * (fill2 - fill)
+        fill_alpha = fill_alpha + frac * (fill_alpha2 - fill_alpha)
+    gain = 2.0 / (2.0 * fill_alpha).clamp_min(1.0)
+    return gain * fill, gain * fill_alpha
 
 
 def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Optional[Aperture] = None,
@@ -243,9 +256,6 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
             return img.to(out_dtype)
         return defocus(img, coc, aperture, method=method, backend=backend).to(out_dtype)
 
-    # per sample: index of the nearest centre its coc reaches (the fill reach is per sample)
-    s_lo = sd.reshape(B, -1).min(1).values.tolist()
-    first = [max(i for i, c in enumerate(centres) if c <= lo or i == 0) for lo in s_lo]
     max_levels = max(1, int(math.floor(math.log2(max(min(H, W), 2)))))
     top_level = max(1, int(math.ceil(math.log2(max(H, W, 2)))))     # down to 1 x 1
     out = torch.zeros_like(img)
@@ -269,11 +279,10 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
         content, alpha = own, w
         # partial-occlusion fill, reaching as far as the largest blur radius in front
         if k >= 2 and bool((hidden.detach() > 0).any()):
-            fill, fill_alpha = push_pull(own, w, _fill_levels(centres, k, first, max_levels))
-            # presence min(1, 2 A_fill): full coverage up to about half the pyramid's reach
-            gain = 2.0 / (2.0 * fill_alpha).clamp_min(1.0)
-            content = content + hidden * gain * fill
-            alpha = alpha + hidden * gain * fill_alpha
+            reach = (hidden * abs_s).reshape(B, -1).amax(1) / 2
+            fill, fill_alpha = _hole_fill(own, w, reach, max_levels)
+            content = content + hidden * fill
+            alpha = alpha + hidden * fill_alpha
         blurred = defocus(torch.cat([content, alpha], 1), coc, aperture, method=method, backend=backend)
         p_k, a_k = blurred[:, :C], blurred[:, C:]
         r = ((1.0 - cov) / a_k.clamp_min(1e-12)).clamp(0.0, 1.0)
