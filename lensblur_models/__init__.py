@@ -23,3 +23,8 @@ from .genrefocus import (BokehNet, BokehNetConfig, DeblurNet, DeblurNetConfig, P
 
 __all__ += ["BokehNet", "BokehNetConfig", "DeblurNet", "DeblurNetConfig", "PhysicalBokeh", "RefocusPipeline",
             "refocus"]
+
+# issue 9: refocusing diffusion transformer (simulated pairs + stacking constraint)
+from .refocus_dit import RefocusDiT, RefocusDiTConfig, RefocusDiTPipeline  # noqa: E402
+
+__all__ += ["RefocusDiT", "RefocusDiTConfig", "RefocusDiTPipeline"]

@@ -15,7 +15,7 @@ bokeh level ``b``.
 
 from .codec import AutoencoderKLCodec, IdentityCodec, LatentCodec
 from .model import RefocusDiT, RefocusDiTConfig, normalized_disparity
-from .pipeline import RefocusPipeline, refocus
+from .pipeline import RefocusDiTPipeline, refocus
 from .simulate import (DEFAULT_RENDER_METHOD, RefocusBatch, SimulationConfig, focus_depth_at,
                        lens_for_condition, multi_focus_render, render_condition, render_signed_coc,
                        sample_conditions, simulate_batch)
@@ -24,7 +24,7 @@ from .training import TrainConfig, flow_matching_inputs, stacking_loss, training
 __all__ = [
     "AutoencoderKLCodec", "IdentityCodec", "LatentCodec",
     "RefocusDiT", "RefocusDiTConfig", "normalized_disparity",
-    "RefocusPipeline", "refocus",
+    "RefocusDiTPipeline", "refocus",
     "DEFAULT_RENDER_METHOD", "RefocusBatch", "SimulationConfig", "focus_depth_at",
     "lens_for_condition", "multi_focus_render", "render_condition", "render_signed_coc",
     "sample_conditions", "simulate_batch",

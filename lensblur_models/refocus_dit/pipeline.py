@@ -25,7 +25,7 @@ from lensblur import LensBlurError
 
 from .codec import IdentityCodec, LatentCodec
 
-__all__ = ["refocus", "RefocusPipeline"]
+__all__ = ["refocus", "RefocusDiTPipeline"]
 
 
 def _condition(focus_xy, bokeh_level, b: int, device) -> torch.Tensor:
@@ -93,8 +93,8 @@ def refocus(model, image: torch.Tensor, depth: Optional[torch.Tensor] = None,
     return codec.decode(x).to(image.dtype)
 
 
-class RefocusPipeline:
-    """A model and its codec: ``RefocusPipeline(model, codec).refocus(image, depth, focus_xy, bokeh_level)``.
+class RefocusDiTPipeline:
+    """A model and its codec: ``RefocusDiTPipeline(model, codec).refocus(image, depth, focus_xy, bokeh_level)``.
 
     ``from_pretrained(path)`` loads a :class:`~.model.RefocusDiT` saved with ``save_pretrained``
     (pixel-space codec unless one is given).
@@ -105,7 +105,7 @@ class RefocusPipeline:
         self.codec = codec
 
     @classmethod
-    def from_pretrained(cls, path, codec: Optional[LatentCodec] = None) -> "RefocusPipeline":
+    def from_pretrained(cls, path, codec: Optional[LatentCodec] = None) -> "RefocusDiTPipeline":
         from .model import RefocusDiT
 
         return cls(RefocusDiT.from_pretrained(path).eval(), codec)

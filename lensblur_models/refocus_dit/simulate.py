@@ -69,9 +69,9 @@ __all__ = [
     "simulate_batch",
 ]
 
-#: Render method of the simulation.  ``"layered"`` (occlusion aware) is the physically right one;
-#: switch this single line to it once :mod:`lensblur.layered` is available everywhere.
-DEFAULT_RENDER_METHOD = "gather"
+#: Render method of the simulation (occlusion-aware ``"layered"``; ``"gather"`` makes the stacking
+#: identity exact, see the module docstring).  Every default in this package reads this one line.
+DEFAULT_RENDER_METHOD = "layered"
 
 _MAX_F_NUMBER = 1e6  # bokeh level 0: an (almost) pinhole lens, coc < 1e-3 px for any scene
 

@@ -12,7 +12,7 @@ import lensblur
 from lensblur import LensBlurError, ThinLens
 from lensblur.scene import make_scene
 from lensblur_models import blur_strength_from_lens
-from lensblur_models.refocus_dit import (IdentityCodec, RefocusDiT, RefocusDiTConfig, RefocusPipeline,
+from lensblur_models.refocus_dit import (DEFAULT_RENDER_METHOD, IdentityCodec, RefocusDiT, RefocusDiTConfig, RefocusDiTPipeline,
                                          SimulationConfig, TrainConfig, lens_for_condition,
                                          multi_focus_render, refocus, simulate_batch, stacking_loss,
                                          training_step)
@@ -56,9 +56,11 @@ def randomize(model, std=0.05):
 class TestSimulation:
     cfg = SimulationConfig(max_strength=0.5, method="gather")
 
-    def test_pair_target_is_lensblur_render_at_condition(self):
+    @pytest.mark.parametrize("method", ["gather", DEFAULT_RENDER_METHOD])
+    def test_pair_target_is_lensblur_render_at_condition(self, method):
         img, depth = scenes()
-        batch = simulate_batch(img, depth, self.cfg, torch.Generator().manual_seed(0))
+        cfg = SimulationConfig(max_strength=0.5, method=method)
+        batch = simulate_batch(img, depth, cfg, torch.Generator().manual_seed(0))
         b, k = batch.conditions.shape[:2]
         assert batch.targets.shape == (b, k, 3, SIZE, SIZE) and k == 2
         f_m, sensor_m = 0.05, 0.036
@@ -71,7 +73,7 @@ class TestSimulation:
                 n = f_m * f_m * s1 * SIZE / (strength * (s1 - f_m) * sensor_m)
                 lens = ThinLens(50.0, n, s1)
                 assert blur_strength_from_lens(lens, SIZE) == pytest.approx(strength, rel=1e-4)
-                want = lensblur.render(img[i:i + 1], depth[i:i + 1], lens, method="gather")
+                want = lensblur.render(img[i:i + 1], depth[i:i + 1], lens, method=method)
                 torch.testing.assert_close(out[None], want, atol=1e-5, rtol=1e-5)
         # all targets of a scene share the bokeh level; the blur is visible
         assert torch.equal(batch.conditions[:, 0, 2], batch.conditions[:, 1, 2])
@@ -228,7 +230,7 @@ def test_save_load_round_trip(tmp_path):
     x, d = torch.randn(2, 3, 8, 8), torch.rand(2, 1, 8, 8) + 1
     args = (x, torch.rand(2), x, torch.rand(2, 3), d)
     assert torch.equal(back(*args), model(*args))
-    pipe = RefocusPipeline.from_pretrained(tmp_path / "m")
+    pipe = RefocusDiTPipeline.from_pretrained(tmp_path / "m")
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     assert torch.equal(pipe.refocus(x, d, steps=2, generator=g()),
                        refocus(model, x, d, steps=2, generator=g()))
