@@ -235,7 +235,7 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
 
     Example:
         >>> img = torch.rand(1, 3, 16, 16)
-        >>> s = torch.zeros(1, 1, 16, 16); s[..., 8:] = 6.0      # lower half behind focus
+        >>> s = torch.zeros(1, 1, 16, 16); s[..., 8:, :] = 6.0   # lower half behind focus
         >>> out = render_layered(img, s, backend="torch")
         >>> torch.allclose(out[..., :4, :], img[..., :4, :])    # far from the edge: sharp
         True
