@@ -100,8 +100,22 @@ struct Ctx {
   std::vector<T> vxp, vyp;    // cat's-eye frame positions per padded column / row
   int nty = 0, ntx = 0;       // tiles of the neighbour bound
   std::vector<T> tnb;         // per tile: largest radius whose footprint reaches it
+  std::vector<T> bmax;        // per row and block of N columns: the largest radius
+
+  std::vector<T> nsorted;     // fast path: the window's tap norms, ascending
+  std::vector<double> ncum;   // and their prefix sums (ncum[i] = sum of the first i)
 
   bool fast() const { return kind != 2 && !cats; }
+
+  // Fast path: Z(R) = sum_d clamp(R + 1/2 - n(d), 0, 1) from the sorted norms: the taps with
+  // n <= R - 1/2 weigh 1, those with n < R + 1/2 weigh R + 1/2 - n.
+  double mass(T R) const {
+    const double r5 = double(R + T(0.5));
+    const size_t i1 = std::upper_bound(nsorted.begin(), nsorted.end(), T(R - T(0.5))) - nsorted.begin();
+    const size_t i0 = std::lower_bound(nsorted.begin(), nsorted.end(), T(R + T(0.5))) - nsorted.begin();
+    if (i0 <= i1) return double(i1);
+    return double(i1) + double(i0 - i1) * r5 - (ncum[i0] - ncum[i1]);
+  }
   size_t idx(int y, int x) const { return static_cast<size_t>(y + KY) * P + (x + KX); }
 
   // Largest |dy| with weight for radii <= rm (a small slack keeps boundary taps in).
@@ -363,12 +377,21 @@ void gather_fwd_fast(const Ctx<T>& k, const T* Rp, const T* Ip, T* out, T* den, 
 // acc[r][c] += sum over sources q = p - d of W(d; c(q)) [iz(q)] plane_c(q), for the BY x N block
 // at (y0, x0); rn bounds the radius of every source whose footprint reaches the block.
 template <typename T, bool SCALE>
-inline void neighbour_sums_fast(const Ctx<T>& k, const T* Rb, const T* Zb, const T* pl, int y0,
-                                int nr, int x0, T rn, typename Vec<T>::type (&acc)[BY][G]) {
+inline void neighbour_sums_fast(const Ctx<T>& k, const T* Rb, const T* Zb, const T* pl, int b,
+                                int y0, int nr, int x0, T rn, typename Vec<T>::type (&acc)[BY][G]) {
   typedef typename Vec<T>::type V;
   const int kyn = k.ky_for(rn);
-  for (int sq = y0 - kyn; sq <= y0 + nr - 1 + kyn; ++sq) {
-    const int kx = k.kx_span(rn, y0 - sq, y0 + nr - 1 - sq);
+  const int bx = x0 / Vec<T>::N;
+  const int cb = (k.kx_for(rn, 0) + Vec<T>::N - 1) / Vec<T>::N;
+  const int b0 = std::max(bx - cb, 0), b1 = std::min(bx + cb, k.ntx - 1);
+  // sources outside the frame carry nothing: only frame rows
+  for (int sq = std::max(y0 - kyn, 0); sq <= std::min(y0 + nr - 1 + kyn, k.H - 1); ++sq) {
+    // the largest radius among this row's sources that can reach the block
+    const T* bm = k.bmax.data() + (static_cast<size_t>(b) * k.H + sq) * k.ntx;
+    T rq = bm[b0];
+    for (int i = b0 + 1; i <= b1; ++i) rq = std::max(rq, bm[i]);
+    rq = std::min(rq, rn);
+    const int kx = k.kx_span(rq, y0 - sq, y0 + nr - 1 - sq);
     if (kx < 0) continue;
     const T* nrow[BY];
     for (int r = 0; r < BY; ++r) nrow[r] = k.ntap_row(y0 + r - sq);
@@ -408,7 +431,7 @@ void scatter_fwd_fast(const Ctx<T>& k, const T* Rp, const T* Ip, const T* izp, T
       V acc[BY][G];
       for (int r = 0; r < BY; ++r)
         for (int c = 0; c < G; ++c) acc[r][c] = V{};
-      neighbour_sums_fast<T, true>(k, Rb, Zb, Ib + g * k.plane, y0, nr, x0, rn, acc);
+      neighbour_sums_fast<T, true>(k, Rb, Zb, Ib + g * k.plane, b, y0, nr, x0, rn, acc);
       store_rows(k, acc, g, out, dn, true, b, y0, nr, x0, nb);
     }
     for (int r = 0; r < nr; ++r) {
@@ -435,7 +458,7 @@ void gather_bwd_dimg_fast(const Ctx<T>& k, const T* Rp, const T* Gp, T* d_img, i
       V acc[BY][G];
       for (int r = 0; r < BY; ++r)
         for (int c = 0; c < G; ++c) acc[r][c] = V{};
-      neighbour_sums_fast<T, false>(k, Rb, nullptr, Gb + g * k.plane, y0, nr, x0, rn, acc);
+      neighbour_sums_fast<T, false>(k, Rb, nullptr, Gb + g * k.plane, b, y0, nr, x0, rn, acc);
       store_rows(k, acc, g, d_img, dn, false, b, y0, nr, x0, nb);
     }
   }
@@ -474,20 +497,33 @@ void gather_bwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* Gp, T* d
       if (kx < 0) continue;
       const T* nrow = k.ntap_row(dy);
       const T* src = Ib + base + static_cast<ptrdiff_t>(dy) * k.P;
-      for (int dx = -kx; dx <= kx; ++dx) {
+      auto tap = [&](int dx, const V& dw) {
         const T* s = src + dx;
-        V dw, w;
-        if (FAST) {
-          const T n = nrow[dx];
-          if (rm5 - n <= T(0) || rmin5 - n >= T(1)) continue;
-          dw = rim_dw(R5 - n);
-        } else {
-          weight_block(k, dx, dy, k.kind == 2 ? T(0) : nrow[dx], R, vx, vy, w, &dw);
-        }
         V gi = V{};
         for (int c = 1; c < k.NP; ++c) gi += gnp[c] * vload<V>(s + c * k.plane);
         acc += dw * gi;
         wsum += dw * vload<V>(s);
+      };
+      if (FAST) {
+        // Only rim taps carry a derivative.  Shapes are convex, so the taps of weight 1 for the
+        // whole block form one run [a, b] of the row: walk in from both ends and stop there.
+        int a = -kx;
+        for (; a <= kx; ++a) {
+          const T n = nrow[a];
+          if (rmin5 - n >= T(1)) break;
+          if (rm5 - n > T(0)) tap(a, rim_dw(R5 - n));
+        }
+        for (int dx = kx; dx > a; --dx) {
+          const T n = nrow[dx];
+          if (rmin5 - n >= T(1)) break;
+          if (rm5 - n > T(0)) tap(dx, rim_dw(R5 - n));
+        }
+      } else {
+        for (int dx = -kx; dx <= kx; ++dx) {
+          V w, dw;
+          weight_block(k, dx, dy, k.kind == 2 ? T(0) : nrow[dx], R, vx, vy, w, &dw);
+          tap(dx, dw);
+        }
       }
     }
     {
@@ -824,6 +860,13 @@ void setup(Ctx<T>& k, const T* coc, const T* table, int tab_h, int tab_w, const 
       }
     }
   }
+  if (k.fast()) {
+    for (T n : k.ntap)
+      if (n < T(1e29)) k.nsorted.push_back(n);
+    std::sort(k.nsorted.begin(), k.nsorted.end());
+    k.ncum.assign(k.nsorted.size() + 1, 0.0);
+    for (size_t i = 0; i < k.nsorted.size(); ++i) k.ncum[i + 1] = k.ncum[i] + double(k.nsorted[i]);
+  }
   if (k.cats) {
     const double hd = 0.5 * std::sqrt(double(H) * H + double(W) * W);
     const T cx = T((W - 1) / 2.0), cy = T((H - 1) / 2.0), thd = T(hd);
@@ -894,15 +937,18 @@ void neighbour_bound(Ctx<T>& k, const T* Rp, int nthreads) {
   k.ntx = (k.W + N - 1) / N;
   const size_t nt = static_cast<size_t>(k.nty) * k.ntx;
   std::vector<T> tmax(k.B * nt, T(0));
+  k.bmax.assign(static_cast<size_t>(k.B) * k.H * k.ntx, T(0));
   const long tiles = static_cast<long>(k.B) * k.nty;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (long r = 0; r < tiles; ++r) {
     const int b = static_cast<int>(r / k.nty), ty = static_cast<int>(r % k.nty);
     for (int y = ty * TY; y < std::min(k.H, (ty + 1) * TY); ++y) {
       const T* row = Rp + b * k.plane + k.idx(y, 0);
-      for (int x = 0; x < k.W; ++x) {
-        T& m = tmax[b * nt + static_cast<size_t>(ty) * k.ntx + x / N];
-        m = std::max(m, row[x]);
+      T* bm = k.bmax.data() + (static_cast<size_t>(b) * k.H + y) * k.ntx;
+      for (int x = 0; x < k.W; ++x) bm[x / N] = std::max(bm[x / N], row[x]);
+      for (int i = 0; i < k.ntx; ++i) {
+        T& m = tmax[b * nt + static_cast<size_t>(ty) * k.ntx + i];
+        m = std::max(m, bm[i]);
       }
     }
   }
@@ -962,8 +1008,13 @@ void forward(const T* img, const T* coc, const T* table, int tab_h, int tab_w, c
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (long r = 0; r < rows; ++r) {
       const int b = static_cast<int>(r / H), y = static_cast<int>(r % H);
-      if (fast) mass_row<T, true>(k, Rp.get(), iz.get(), b, y);
-      else mass_row<T, false>(k, Rp.get(), iz.get(), b, y);
+      if (fast) {
+        const T* R = Rp.get() + b * k.plane + k.idx(y, 0);
+        T* o = iz.get() + b * k.plane + k.idx(y, 0);
+        for (int x = 0; x < W; ++x) o[x] = T(1.0 / k.mass(R[x]));
+      } else {
+        mass_row<T, false>(k, Rp.get(), iz.get(), b, y);
+      }
     }
     if (fast) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)

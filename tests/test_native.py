@@ -84,6 +84,15 @@ class TestParity:
             check_parity(image, coc * 3.0, APERTURES["hexagon"], method, what=f"huge {method}")
             check_parity(image, coc, ap, method, what=f"3x5 table {method}")
 
+    @pytest.mark.parametrize("method", METHODS)
+    def test_fast_path_asymmetric_shapes(self, native, method):
+        """The fast path (disk / polygon without cat's eye) with shapes that are not
+        point-symmetric or not round: a rotated rounded pentagon, a squeezed disk."""
+        image, coc = make_case((2, 3, 13, 17), "mixed", seed=21)
+        for ap in (lensblur.Aperture.polygon(5, rotation_deg=10.0, roundness=0.3, squeeze=1.4),
+                   lensblur.Aperture.disk(squeeze=0.7)):
+            check_parity(image, coc * 1.5, ap, method, what=f"{ap} {method}")
+
     def test_zero_coc_is_identity(self, native):
         image = torch.rand(1, 3, 5, 7, generator=torch.Generator().manual_seed(0))
         coc = torch.zeros(1, 1, 5, 7)
