@@ -68,7 +68,7 @@ import torch
 import torch.nn.functional as F
 
 from .apertures import Aperture
-from .defocus import defocus
+from .defocus import defocus, resolve_backend
 
 __all__ = ["render_layered", "layer_centres", "tent_weights", "push_pull", "MAX_LAYERS"]
 
@@ -211,6 +211,37 @@ def _hole_fill(own: torch.Tensor, w: torch.Tensor, reach_px: torch.Tensor, max_l
     return gain * fill, gain * fill_alpha
 
 
+#: Most layers blurred in one stacked :func:`~lensblur.defocus` call (bounds the extra memory).
+LAYERS_PER_CALL = 8
+
+
+def _layers_per_call(backend: str, device: torch.device) -> int:
+    return 1 if resolve_backend(backend, device) == "torch" else LAYERS_PER_CALL
+
+
+def _blur_layers(layers, aperture: Aperture, method: str, backend: str) -> List[torch.Tensor]:
+    """Blur each ``(content, coc)`` pair with :func:`lensblur.defocus`.
+
+    The compiled backends bound their offset loops per tile by the tile's own largest coc, so
+    several layers are stacked along the batch dimension into one call; the PyTorch reference
+    loops over one window sized by the largest coc, so it gets one call per layer.
+    """
+    if not layers:
+        return []
+    B = layers[0][0].shape[0]
+    per_call = _layers_per_call(backend, layers[0][0].device)
+    out = []
+    for i in range(0, len(layers), per_call):
+        group = layers[i:i + per_call]
+        if len(group) == 1:
+            out.append(defocus(group[0][0], group[0][1], aperture, method=method, backend=backend))
+            continue
+        x = torch.cat([g[0] for g in group], 0)
+        c = torch.cat([g[1] for g in group], 0)
+        out.extend(defocus(x, c, aperture, method=method, backend=backend).split(B, 0))
+    return out
+
+
 def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Optional[Aperture] = None,
                    *, backend: str = "auto", num_layers: Optional[int] = None,
                    method: str = "scatter") -> torch.Tensor:
@@ -258,16 +289,16 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
 
     max_levels = max(1, int(math.floor(math.log2(max(min(H, W), 2)))))
     top_level = max(1, int(math.ceil(math.log2(max(H, W, 2)))))     # down to 1 x 1
-    out = torch.zeros_like(img)
-    cov = torch.zeros_like(s)
-    cum = torch.zeros_like(s)          # H_{k-1} = sum_{j <= k-1} w_j
-    cum_prev = torch.zeros_like(s)     # H_{k-2}
     abs_s = s.abs()
+
+    # 1. each non-empty layer's content: own pixels plus the filled hidden part, and its coc field
+    layers = []                       # (premultiplied colour + coverage, coc field)
+    h_km1 = torch.zeros_like(s)       # H_{k-1} = sum_{j <= k-1} w_j: at least one layer nearer
+    h_km2 = torch.zeros_like(s)       # H_{k-2}: more than one layer nearer (occluders)
     for k in range(K):
         w = tent_weights(s, centres, k)
-        hidden = cum_prev
-        cum_prev = cum
-        cum = cum + w
+        hidden = h_km2
+        h_km2, h_km1 = h_km1, h_km1 + w
         if not bool((w.detach() > 0).any()):
             continue
         # the layer's coc field: its own pixels keep their coc, the others take the coc of the
@@ -275,16 +306,23 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
         ext, ext_alpha = push_pull(w * abs_s, w, top_level)
         ext = (ext + 1e-6 * abs(centres[k])) / (ext_alpha + 1e-6)
         coc = w * abs_s + (1.0 - w) * ext
-        own = w * img
-        content, alpha = own, w
+        content, alpha = w * img, w
         # partial-occlusion fill, reaching as far as the largest blur radius in front
-        if k >= 2 and bool((hidden.detach() > 0).any()):
+        if bool((hidden.detach() > 0).any()):
             reach = (hidden * abs_s).reshape(B, -1).amax(1) / 2
-            fill, fill_alpha = _hole_fill(own, w, reach, max_levels)
+            fill, fill_alpha = _hole_fill(content, w, reach, max_levels)
             content = content + hidden * fill
             alpha = alpha + hidden * fill_alpha
-        blurred = defocus(torch.cat([content, alpha], 1), coc, aperture, method=method, backend=backend)
-        p_k, a_k = blurred[:, :C], blurred[:, C:]
+        layers.append((torch.cat([content, alpha], 1), coc))
+
+    # 2. blur every layer (stacked along the batch when the backend bounds its loops per tile)
+    blurred = _blur_layers(layers, aperture, method, backend)
+
+    # 3. ordered front-to-back compositing
+    out = torch.zeros_like(img)
+    cov = torch.zeros_like(s)
+    for layer in blurred:
+        p_k, a_k = layer[:, :C], layer[:, C:]
         r = ((1.0 - cov) / a_k.clamp_min(1e-12)).clamp(0.0, 1.0)
         out = out + r * p_k
         cov = cov + r * a_k

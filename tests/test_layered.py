@@ -160,6 +160,12 @@ class TestBasics:
         torch.testing.assert_close(rend(img, depth, backend="auto"), rend(img, depth),
                                    atol=1e-4, rtol=1e-4)
 
+    def test_stacked_layer_blur_equals_one_call_per_layer(self, monkeypatch):
+        img, depth = square_scene(1.2, 10.0)
+        per_layer = rend(img, depth)
+        monkeypatch.setattr(lensblur.layered, "_layers_per_call", lambda backend, device: 3)
+        torch.testing.assert_close(rend(img, depth), per_layer, atol=1e-6, rtol=1e-6)
+
     def test_module_equals_functional(self):
         img, depth = square_scene(1.2, 10.0)
         ap = Aperture.polygon(6)
