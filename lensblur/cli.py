@@ -1,11 +1,21 @@
 """Command line: ``lensblur demo``, ``lensblur render IMAGE DEPTH ...``, ``lensblur bench``.
 
-Exit codes: 0 success, 2 bad arguments or input files (a one-line error on stderr), 1 anything else.
+Exit codes scripts can rely on:
+
+* ``0`` — success;
+* ``2`` — bad usage or bad input: unknown options, missing or unreadable files, images and depth
+  maps of different sizes, invalid values (a one-line ``lensblur <command>: error: ...`` on
+  stderr);
+* ``1`` — anything unexpected (a one-line message; ``lensblur --debug ...`` shows the traceback).
+
+Progress bars (tqdm, on stderr) appear on long work when stderr is a terminal; ``--no-progress``
+turns them off.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -16,13 +26,28 @@ import torch
 from .apertures import Aperture
 from .validation import LensBlurError
 
-__all__ = ["main", "parse_aperture"]
+__all__ = ["main", "build_parser", "parse_aperture", "IMAGE_SUFFIXES", "OUTPUT_SUFFIXES"]
+
+#: Image formats ``lensblur render`` reads (sRGB, 8 bit).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+#: Output formats: 8-bit sRGB images, or ``.npy`` (float32 ``(H, W, 3)`` linear radiance).
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".npy")
+DEPTH_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".exr")
+
+
+class UsageError(LensBlurError):
+    """A bad command line value (exit code 2)."""
 
 
 def parse_aperture(text: str) -> Aperture:
-    """``disk``, ``polygon:6``, ``polygon:6:15`` (blades, rotation in degrees) or
-    ``polygon:6:15:0.3`` (+ roundness)."""
-    parts = text.split(":")
+    """Parse ``--aperture``: ``disk``, ``polygon:BLADES``, ``polygon:BLADES:ROTATION_DEG`` or
+    ``polygon:BLADES:ROTATION_DEG:ROUNDNESS``.
+
+    Example:
+        >>> parse_aperture("polygon:6:15")
+        Aperture.polygon(blades=6, rotation_deg=15, roundness=0)
+    """
+    parts = text.strip().lower().split(":")
     if parts[0] == "disk" and len(parts) == 1:
         return Aperture.disk()
     if parts[0] == "polygon" and 2 <= len(parts) <= 4:
@@ -31,17 +56,21 @@ def parse_aperture(text: str) -> Aperture:
             rot = float(parts[2]) if len(parts) > 2 else 0.0
             rnd = float(parts[3]) if len(parts) > 3 else 0.0
         except ValueError as exc:
-            raise LensBlurError(f"bad --aperture {text!r}: {exc}") from exc
-        return Aperture.polygon(blades=blades, rotation_deg=rot, roundness=rnd)
-    raise LensBlurError(f"bad --aperture {text!r}; use disk, polygon:BLADES[:ROTATION[:ROUNDNESS]]")
+            raise UsageError(f"bad --aperture {text!r}: {exc}") from exc
+        try:
+            return Aperture.polygon(blades=blades, rotation_deg=rot, roundness=rnd)
+        except LensBlurError as exc:
+            raise UsageError(f"bad --aperture {text!r}: {exc}") from exc
+    raise UsageError(f"bad --aperture {text!r}; use disk or polygon:BLADES[:ROTATION_DEG[:ROUNDNESS]]")
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
+    """A tqdm bar on stderr (shown only on a terminal), or the bare iterable."""
     if not enabled:
         return iterable
     from tqdm import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False)
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False, disable=None)
 
 
 def _sync(device: torch.device) -> None:
@@ -49,21 +78,75 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def cmd_demo(args) -> int:
-    from . import ThinLens, render
-    from .io import write_image
-    from .scene import SCENE_FOCAL_LENGTH_MM, make_scene
-    from PIL import Image, ImageDraw
-    import numpy as np
-    from .io import to_srgb_uint8
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"bad --device {name!r}: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but CUDA is not available here; use --device cpu")
+    return device
 
-    device = torch.device(args.device)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> float:
+    import math
+
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise UsageError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value:g}")
+    return value
+
+
+def _check_suffix(path: str, allowed, what: str) -> Path:
+    p = Path(path)
+    if p.suffix.lower() not in allowed:
+        raise UsageError(f"{what} {p}: unsupported format {p.suffix or '(no suffix)'!r}; "
+                         f"use one of {', '.join(allowed)}")
+    return p
+
+
+def _write_output(path: Path, linear: torch.Tensor) -> Path:
+    from .io import write_image
+
+    try:
+        if path.suffix.lower() == ".npy":
+            import numpy as np
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, linear[0].detach().float().cpu().permute(1, 2, 0).numpy())
+            return path
+        return write_image(path, linear)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+# ---------------------------------------------------------------------------------- demo
+def cmd_demo(args) -> int:
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from . import ThinLens, render
+    from .io import to_srgb_uint8, write_image
+    from .scene import SCENE_FOCAL_LENGTH_MM, make_scene
+
+    device = _device(args.device)
     h, w = args.height, args.width
-    image, depth = make_scene(h, w, seed=args.seed, device=device)
+    if h < 8 or w < 8:
+        raise UsageError(f"--height and --width must be >= 8, got {h}x{w}")
+    for n in args.f_numbers:
+        _positive("--f-numbers", n)
+    for s in args.focus:
+        if not s > SCENE_FOCAL_LENGTH_MM / 1000:
+            raise UsageError(f"--focus must be > the focal length ({SCENE_FOCAL_LENGTH_MM / 1000:g} m), got {s:g}")
+    _positive("--highlight-boost", args.highlight_boost, allow_zero=True)
     aperture = parse_aperture(args.aperture)
-    write_image(out_dir / "all_in_focus.png", image)
+    out_dir = Path(args.out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from exc
+
+    image, depth = make_scene(h, w, seed=args.seed, device=device)
+    _write_output(out_dir / "all_in_focus.png", image)
     d = depth[0, 0].cpu()
     vis = (1 - (d.log() - d.log().min()) / (d.log().max() - d.log().min()))
     write_image(out_dir / "depth.png", vis.expand(3, -1, -1)[None])
@@ -81,9 +164,9 @@ def cmd_demo(args) -> int:
         _sync(device)
         ms = (time.perf_counter() - t0) * 1e3
         name = f"focus{s:g}m_f{n:g}.png"
-        write_image(out_dir / name, out)
+        _write_output(out_dir / name, out)
         cmax = float(lens.coc_px(depth, w).max())
-        print(f"{s:9.2f} {n:8.1f} {cmax:12.1f} {ms:10.1f}  {name}")
+        print(f"{s:9.2f} {n:8.1f} {cmax:12.1f} {ms:10.1f}  {name}", flush=True)
         tiles.append(to_srgb_uint8(out))
         labels.append(f"focus {s:g} m, f/{n:g}")
     cols = len(args.f_numbers)
@@ -95,92 +178,207 @@ def cmd_demo(args) -> int:
         sheet.paste(Image.fromarray(np.ascontiguousarray(tile)), (x, y + 16))
         draw.text((x + 4, y + 2), label, fill="black")
     sheet.save(out_dir / "contact_sheet.png")
-    print(f"wrote {len(tiles)} renders and contact_sheet.png to {out_dir}/")
+    print(f"wrote {len(tiles)} renders, all_in_focus.png, depth.png and contact_sheet.png to {out_dir}/")
     return 0
 
 
+# ---------------------------------------------------------------------------------- render
 def cmd_render(args) -> int:
     from . import ThinLens, render
-    from .io import read_depth, read_image, write_image
+    from .io import read_depth, read_image
 
-    image = read_image(args.image)
-    depth = read_depth(args.depth, depth_scale=args.depth_scale)
-    if image.shape[-2:] != depth.shape[-2:]:
-        raise LensBlurError(f"image is {image.shape[-1]}x{image.shape[-2]} but depth is "
-                            f"{depth.shape[-1]}x{depth.shape[-2]}: they must have the same size")
-    device = torch.device(args.device)
+    # cheap checks first, so a typo never waits for a render
+    image_path = _check_suffix(args.image, IMAGE_SUFFIXES, "image")
+    depth_path = _check_suffix(args.depth, DEPTH_SUFFIXES, "depth")
+    out_path = _check_suffix(args.out, OUTPUT_SUFFIXES, "--out")
+    for path, what in ((image_path, "image"), (depth_path, "depth")):
+        if not path.is_file():
+            raise UsageError(f"{what} file not found: {path}")
+    _positive("--depth-scale", args.depth_scale)
+    _positive("--highlight-boost", args.highlight_boost, allow_zero=True)
+    device = _device(args.device)
+    aperture = parse_aperture(args.aperture)
     lens = ThinLens(focal_length_mm=args.focal_length, f_number=args.f_number,
                     focus_distance_m=args.focus, sensor_width_mm=args.sensor_width)
+
+    steps = ["read", "render", "write"]
+    bar = _progress(steps, len(steps), "lensblur render", not args.no_progress)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        out = render(image.to(device), depth.to(device), lens, parse_aperture(args.aperture),
-                     method=args.method, backend=args.backend, highlight_boost=args.highlight_boost)
-    _sync(device)
-    path = write_image(args.out, out)
+    out = None
+    for step in bar:
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(step)
+        if step == "read":
+            try:
+                image = read_image(image_path)
+                depth = read_depth(depth_path, depth_scale=args.depth_scale)
+            except OSError as exc:
+                raise UsageError(f"cannot read input: {exc}") from exc
+            if args.disparity:
+                depth = 1.0 / depth
+            if image.shape[-2:] != depth.shape[-2:]:
+                raise UsageError(f"image is {image.shape[-1]}x{image.shape[-2]} but depth is "
+                                 f"{depth.shape[-1]}x{depth.shape[-2]}: they must have the same size")
+        elif step == "render":
+            with torch.no_grad():
+                out = render(image.to(device), depth.to(device), lens, aperture, method=args.method,
+                             backend=args.backend, highlight_boost=args.highlight_boost)
+            _sync(device)
+        else:
+            path = _write_output(out_path, out)
     cmax = float(lens.coc_px(depth, image.shape[-1]).max())
     print(f"wrote {path} ({image.shape[-1]}x{image.shape[-2]}, max coc {cmax:.1f} px, "
           f"{(time.perf_counter() - t0) * 1e3:.0f} ms)")
     return 0
 
 
-def cmd_bench(args) -> int:
-    from benchmarks.__main__ import main as bench_main  # noqa: F401  (installed with the repo)
+# ---------------------------------------------------------------------------------- bench
+def _import_benchmarks():
+    """``benchmarks.__main__`` from the source checkout this package lives in (editable
+    install), else from ``sys.path``; None when neither has it."""
+    repo = Path(__file__).resolve().parents[1]
+    if (repo / "benchmarks" / "__main__.py").is_file() and str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    try:
+        mod = importlib.import_module("benchmarks.__main__")
+    except ImportError:
+        return None
+    return mod if callable(getattr(mod, "main", None)) else None
 
-    return bench_main(args.rest)
+
+def cmd_bench(args) -> int:
+    mod = _import_benchmarks()
+    if mod is None:
+        raise UsageError("the benchmark suite is not importable: `lensblur bench` runs the "
+                         "`benchmarks/` folder of a source checkout, so install lensblur from a clone "
+                         "with `pip install -e .` (or run `python -m benchmarks` in the clone)")
+    rest = list(args.rest)
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    return int(mod.main(rest) or 0)
+
+
+# ---------------------------------------------------------------------------------- parser
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's line breaks; appends "(default: X)" where a default is worth saying."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if default is not None and default is not False and default is not argparse.SUPPRESS \
+                and "%(default)" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lensblur", description="Physically based, differentiable lens blur.")
-    sub = p.add_subparsers(dest="command", required=True)
+    """The ``lensblur`` argument parser (sub-commands ``demo``, ``render``, ``bench``)."""
+    p = argparse.ArgumentParser(
+        prog="lensblur", formatter_class=_Formatter,
+        description="Physically based, differentiable depth of field: render lens blur from an "
+                    "all-in-focus image and its depth map.",
+        epilog="exit codes: 0 success, 2 bad usage or input, 1 unexpected error.\n"
+               "examples:\n"
+               "  lensblur demo --out demo_out\n"
+               "  lensblur render photo.jpg depth.npy --focal-length 50 --f-number 1.8 --focus 2 --out out.png\n"
+               "  lensblur bench --quick")
+    p.add_argument("--version", action="version", version=f"lensblur {_version()}")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of unexpected errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp):
-        sp.add_argument("--method", default="layered", choices=["layered", "gather", "scatter"],
-                        help="blur method (default: layered, occlusion aware)")
-        sp.add_argument("--backend", default="auto", choices=["auto", "triton", "native", "torch"])
-        sp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-        sp.add_argument("--aperture", default="polygon:6",
-                        help="disk | polygon:BLADES[:ROTATION_DEG[:ROUNDNESS]] (default polygon:6)")
-        sp.add_argument("--highlight-boost", type=float, default=0.0,
-                        help="amplify highlights above luminance 1 by (1 + this) before blurring")
+        g = sp.add_argument_group("rendering")
+        g.add_argument("--method", default="layered", choices=["layered", "gather", "scatter"],
+                       help="blur method; layered is occlusion aware")
+        g.add_argument("--backend", default="auto", choices=["auto", "triton", "native", "torch"],
+                       help="kernel backend (auto: triton on CUDA, native C++ on CPU)")
+        g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                       help="torch device")
+        g.add_argument("--aperture", default="polygon:6",
+                       help="bokeh shape: disk | polygon:BLADES[:ROTATION_DEG[:ROUNDNESS]]")
+        g.add_argument("--highlight-boost", type=float, default=0.0, metavar="B",
+                       help="amplify highlights above luminance 1 by (1 + B) before blurring")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    d = sub.add_parser("demo", help="render the built-in procedural scene at several apertures and focus distances")
-    d.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    d.add_argument("--height", type=int, default=400)
-    d.add_argument("--width", type=int, default=640)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--f-numbers", type=float, nargs="+", default=[1.4, 2.8, 8.0])
-    d.add_argument("--focus", type=float, nargs="+", default=[1.2, 2.6, 9.5], help="focus distances in metres")
-    d.add_argument("--no-progress", action="store_true")
+    d = sub.add_parser("demo", formatter_class=_Formatter,
+                       help="render the built-in scene at several f-numbers and focus distances",
+                       description="Render the built-in procedural scene (no download) at every "
+                                   "combination of --f-numbers and --focus, print the time of each "
+                                   "render and write the images and a contact sheet.")
+    d.add_argument("--out", default="demo_out", help="output folder")
+    d.add_argument("--height", type=int, default=400, help="image height in pixels")
+    d.add_argument("--width", type=int, default=640, help="image width in pixels")
+    d.add_argument("--seed", type=int, default=0, help="scene layout seed")
+    d.add_argument("--f-numbers", type=float, nargs="+", default=[1.4, 2.8, 8.0], metavar="N",
+                   help="f-numbers to render")
+    d.add_argument("--focus", type=float, nargs="+", default=[1.2, 2.6, 9.5], metavar="M",
+                   help="focus distances in metres")
     common(d)
     d.set_defaults(func=cmd_demo)
 
-    r = sub.add_parser("render", help="render depth of field for an image and its depth map")
-    r.add_argument("image", help="all-in-focus sRGB image (PNG/JPEG)")
-    r.add_argument("depth", help="metric depth map (.npy in metres, 16-bit PNG with --depth-scale, .exr)")
-    r.add_argument("--focal-length", type=float, required=True, help="focal length in mm")
-    r.add_argument("--f-number", type=float, required=True)
-    r.add_argument("--focus", type=float, required=True, help="focus distance in metres")
-    r.add_argument("--sensor-width", type=float, default=36.0, help="sensor width in mm (default 36)")
-    r.add_argument("--depth-scale", type=float, default=1000.0,
-                   help="PNG depth units per metre (default 1000: millimetres)")
-    r.add_argument("--out", required=True, help="output image path (.png/.jpg)")
+    r = sub.add_parser("render", formatter_class=_Formatter,
+                       help="render depth of field for an image and its depth map",
+                       description="Render the depth of field of a thin lens for an all-in-focus "
+                                   "image and its metric depth map.")
+    r.add_argument("image", help=f"all-in-focus sRGB image ({', '.join(IMAGE_SUFFIXES)})")
+    r.add_argument("depth", help="depth map in metres: .npy (float, metres), 8/16-bit .png/.tif "
+                                 "(metres x --depth-scale), .exr (metres)")
+    g = r.add_argument_group("lens")
+    g.add_argument("--focal-length", type=float, required=True, metavar="MM", help="focal length in mm")
+    g.add_argument("--f-number", type=float, required=True, metavar="N", help="f-number (aperture)")
+    g.add_argument("--focus", type=float, required=True, metavar="M", help="focus distance in metres")
+    g.add_argument("--sensor-width", type=float, default=36.0, metavar="MM",
+                   help="sensor width in mm (36 = full frame); the image spans it")
+    g = r.add_argument_group("input and output")
+    g.add_argument("--depth-scale", type=float, default=1000.0,
+                   help="PNG/TIFF depth units per metre (1000: millimetres)")
+    g.add_argument("--disparity", action="store_true",
+                   help="the depth file holds inverse depth (1/metres) instead of metres")
+    g.add_argument("--out", required=True,
+                   help=f"output path ({', '.join(OUTPUT_SUFFIXES)}; .npy = float32 linear radiance)")
     common(r)
     r.set_defaults(func=cmd_render)
 
-    b = sub.add_parser("bench", help="print a throughput table (see python -m benchmarks --help)")
-    b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark runner")
-    b.set_defaults(func=cmd_bench)
+    b = sub.add_parser("bench", formatter_class=_Formatter, add_help=False,
+                       help="benchmark the blur backends (see `lensblur bench --help`)",
+                       description="Run the benchmark suite (python -m benchmarks); every argument "
+                                   "is passed on to it.")
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of `python -m benchmarks`")
+    b.set_defaults(func=cmd_bench)   # main() hands everything after `bench` over untouched
     return p
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 bad usage/input, 1 unexpected)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    head = [a for a in argv[:argv.index("bench")]] if "bench" in argv else None
+    if head is not None and all(a.startswith("-") for a in head):
+        # `lensblur [--debug] bench ARGS...`: ARGS (even --help) belong to the benchmark runner
+        args = parser.parse_args(head + ["bench"])
+        args.rest = argv[len(head) + 1:]
+    else:
+        args = parser.parse_args(argv)   # exits 2 with argparse's message on bad usage
     try:
         return int(args.func(args) or 0)
-    except (LensBlurError, TypeError) as exc:
+    except LensBlurError as exc:
         print(f"lensblur {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"lensblur {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the documented exit code 1
+        if args.debug:
+            raise
+        print(f"lensblur {args.command}: unexpected error: {type(exc).__name__}: {exc} "
+              f"(run with `lensblur --debug ...` for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
