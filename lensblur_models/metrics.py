@@ -95,6 +95,8 @@ def blur_monotonicity(renders: torch.Tensor, f_numbers: Union[Sequence[float], t
     s, b, _, h, w = renders.shape
     if s < 2:
         raise LensBlurError(f"`renders` needs at least 2 f-numbers (S >= 2), got S={s}")
+    if b < 1:
+        raise LensBlurError("`renders` must hold at least one scene (B >= 1), got B=0")
     if not bool(torch.isfinite(renders).all()):
         raise LensBlurError("`renders` contains NaN or infinite values")
 

@@ -58,9 +58,9 @@ from .fdt import FocusDistanceConfig, FocusDistanceTransformer
 __all__ = ["ExifDefocusConfig", "ExifDefocusPipeline", "ExifDefocusOutput", "DEFAULT_BLUR_METHOD",
            "log_focus_error"]
 
-#: Blur method of new pipelines.  The paper's renderer is occlusion aware, i.e. ``"layered"``;
-#: until :mod:`lensblur.layered` is part of the package the pipeline uses ``"gather"``.
-DEFAULT_BLUR_METHOD = "gather"
+#: Blur method of new pipelines: the occlusion-aware ``"layered"`` renderer, as in the paper
+#: (``"gather"`` is about 8x faster on CPU at tiny sizes and is what the learning test uses).
+DEFAULT_BLUR_METHOD = "layered"
 
 
 @dataclass

@@ -233,12 +233,13 @@ def test_fdt_learns_focus_through_the_blur():
     make_focus_dataset), at log-uniform world scales 0.5-2 and f/1.4-f/2.8.  On 24 held-out crops
     (other scene seeds) the constant predictor (geometric mean of the training focus distances)
     has a log-focus MAE of about 0.90; after 100 Adam steps (batch 8, lr 3e-3) the tiny FDT
-    reaches about 0.2-0.3.  Required: ratio < 0.6.
+    reaches about 0.2-0.3.  Required: ratio < 0.6.  (The "gather" renderer keeps this fast; the
+    default "layered" one learns as well, about 0.22, at 8x the CPU time.)
     """
     torch.manual_seed(0)
     train = make_focus_dataset(48, 32, seed=0, scene_size=96)
     test = make_focus_dataset(24, 32, seed=1, scene_size=96)
-    pipe = ExifDefocusPipeline(ExifDefocusConfig.tiny())
+    pipe = ExifDefocusPipeline(ExifDefocusConfig.tiny(blur_method="gather"))
     opt = torch.optim.Adam(pipe.fdt.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     first = None
@@ -330,3 +331,24 @@ class TestAdapters:
             DiffusersGenerator.from_pretrained(tmp_path / "missing")
         with pytest.raises(ValueError, match="local checkpoint"):
             TransformersDepth.from_pretrained("some-org/depth-anything")
+
+
+def test_example_command_runs(tiny_checkpoints, tmp_path, capsys):
+    """examples/train_exif_defocus.py end to end with a handful of steps (the documented command
+    runs the same code with more)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "train_exif_defocus.py"
+    spec = importlib.util.spec_from_file_location("train_exif_defocus", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    threads = torch.get_num_threads()
+    learned, baseline = mod.main(["--out", str(tmp_path), "--size", "16", "--train", "8", "--fdt-steps", "2",
+                                  "--joint-steps", "2", "--batch", "4", "--blur-method", "gather",
+                                  "--threads", str(threads)])
+    assert math.isfinite(learned) and baseline > 0
+    log = capsys.readouterr().out
+    assert "Blur Monotonicity" in log and "reload reproduces the FDT: True" in log
+    assert (tmp_path / "pipeline" / "fdt" / "model.safetensors").is_file()
+    assert (tmp_path / "pipeline" / "generator" / "model_index.json").is_file()

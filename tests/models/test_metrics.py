@@ -76,6 +76,8 @@ class TestBlurMonotonicity:
             blur_monotonicity(r[:1], [1.0])
         with pytest.raises(TypeError, match="renders"):
             blur_monotonicity(r.long(), [1, 2, 3])
+        with pytest.raises(ValueError, match="B >= 1"):
+            blur_monotonicity(r[:, :0], [1, 2, 3])
         with pytest.raises(ValueError, match="f_numbers"):
             blur_monotonicity(r, [1.0, 2.0])
         with pytest.raises(ValueError, match="distinct"):
