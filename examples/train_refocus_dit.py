@@ -2,7 +2,10 @@
 
     python examples/train_refocus_dit.py --out runs/refocus_tiny
 
-(about 2-4 minutes on a laptop CPU).  Every training option of
+(1500 steps of the tiny model at 16x16: about 1.5 CPU-minutes, 7 minutes wall on a busy 2-core
+machine).  Measured there: the refocused held-out scene reaches 25.4 / 25.9 dB PSNR against the
+physical render for a near / far focus (the unrefocused input: 19.6 / 21.5 dB), with or without
+the depth map; after only 300 steps it is still below the input (about 15.5 dB).  Every training option of
 ``python -m lensblur_models.refocus_dit.train`` is accepted (``--steps``, ``--size``,
 ``--stack-weight``, ``--depth-dropout`` ...); with ``torchrun --nproc_per_node N`` it trains with
 DDP.  Afterwards rank 0 refocuses a held-out demo scene (seed 999) at a near and a far focus point,

@@ -19,8 +19,10 @@ work unchanged:
 * the base weights are frozen; LoRA adapters (``peft``) on the attention projections and the new
   modules are trained.
 
-Example (a tiny random transformer; real use: ``FluxRefocusAdapter.from_pretrained(local_dir,
-subfolder="transformer")``):
+Real use: ``FluxRefocusAdapter.from_pretrained(local_dir, subfolder="transformer")``.  With a
+tiny random transformer:
+
+Example:
     >>> import torch
     >>> from diffusers import FluxTransformer2DModel
     >>> base = FluxTransformer2DModel(in_channels=12, num_layers=1, num_single_layers=1,

@@ -2,7 +2,7 @@
 
 Single process (CPU, a couple of minutes for the tiny model)::
 
-    python -m lensblur_models.refocus_dit.train --steps 300 --size 16 --out runs/refocus_tiny
+    python -m lensblur_models.refocus_dit.train --size 16 --out runs/refocus_tiny
 
 Several processes / GPUs with PyTorch's DistributedDataParallel (``nccl`` on CUDA, ``gloo`` on
 CPU)::
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lensblur_models.refocus_dit.train",
                                 description="Train the refocusing DiT on simulated pairs.")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=4, help="scenes per step per rank")
     p.add_argument("--size", type=int, default=16, help="image side in pixels")
     p.add_argument("--scenes", type=int, default=8, help="procedural scenes in total (all ranks)")
