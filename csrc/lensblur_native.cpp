@@ -226,7 +226,8 @@ inline void block_range(const T* R, int n, T& rmax, T& rmin) {
 }
 
 // ------------------------------------------------------------------ gather forward
-template <typename T, bool FAST>
+// General path (image tables, cat's eye): one row of blocks, weights per pixel.
+template <typename T>
 void gather_fwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, T* out, T* den, int b, int y) {
   typedef typename Vec<T>::type V;
   constexpr int N = Vec<T>::N;
@@ -241,8 +242,6 @@ void gather_fwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, T* out, T* den, i
     const T* vx = k.cats ? k.vxp.data() + k.KX + x0 : nullptr;
     T rmax, rmin;
     block_range(R, nb, rmax, rmin);
-    const T rm5 = rmax + T(0.5), rmin5 = rmin + T(0.5);
-    const V R5 = vload<V>(R) + T(0.5);
     const int ky = k.ky_for(rmax);
     alignas(64) T dn[N];
     for (int g = 0; g < k.NP; g += G) {
@@ -257,18 +256,8 @@ void gather_fwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, T* out, T* den, i
         for (int dx = -kx; dx <= kx; ++dx) {
           const T* s = src + dx;
           V w;
-          if (FAST) {
-            const T n = nrow[dx];
-            if (rm5 - n <= T(0)) continue;
-            if (rmin5 - n >= T(1)) {
-              for (int c = 0; c < G; ++c) acc[c] += vload<V>(s + c * k.plane);
-              continue;
-            }
-            w = vclamp01(R5 - n);
-          } else {
-            weight_block(k, dx, dy, k.kind == 2 ? T(0) : nrow[dx], R, vx, vy, w,
-                         static_cast<V*>(nullptr));
-          }
+          weight_block(k, dx, dy, k.kind == 2 ? T(0) : nrow[dx], R, vx, vy, w,
+                       static_cast<V*>(nullptr));
           for (int c = 0; c < G; ++c) acc[c] += w * vload<V>(s + c * k.plane);
         }
       }
@@ -580,7 +569,8 @@ void gather_bwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* Gp, T* d
 
 // ------------------------------------------------------------------ scatter: kernel mass
 // izp(q) = 1 / Z(q), Z(q) = sum_d W(d; c(q), q) over the whole window (no border).
-template <typename T, bool FAST>
+// General path; the fast path reads Z from the sorted tap norms (Ctx::mass).
+template <typename T>
 void mass_row(const Ctx<T>& k, const T* Rp, T* izp, int b, int y) {
   typedef typename Vec<T>::type V;
   constexpr int N = Vec<T>::N;
@@ -593,8 +583,6 @@ void mass_row(const Ctx<T>& k, const T* Rp, T* izp, int b, int y) {
     const T* vx = k.cats ? k.vxp.data() + k.KX + x0 : nullptr;
     T rmax, rmin;
     block_range(R, nb, rmax, rmin);
-    const T rm5 = rmax + T(0.5), rmin5 = rmin + T(0.5);
-    const V R5 = vload<V>(R) + T(0.5);
     const int ky = k.ky_for(rmax);
     V z = V{};
     for (int dy = -ky; dy <= ky; ++dy) {
@@ -603,18 +591,8 @@ void mass_row(const Ctx<T>& k, const T* Rp, T* izp, int b, int y) {
       const T* nrow = k.ntap_row(dy);
       for (int dx = -kx; dx <= kx; ++dx) {
         V w;
-        if (FAST) {
-          const T n = nrow[dx];
-          if (rm5 - n <= T(0)) continue;
-          if (rmin5 - n >= T(1)) {
-            z += T(1);
-            continue;
-          }
-          w = vclamp01(R5 - n);
-        } else {
-          weight_block(k, dx, dy, k.kind == 2 ? T(0) : nrow[dx], R, vx, vy, w,
-                       static_cast<V*>(nullptr));
-        }
+        weight_block(k, dx, dy, k.kind == 2 ? T(0) : nrow[dx], R, vx, vy, w,
+                     static_cast<V*>(nullptr));
         z += w;
       }
     }
@@ -627,7 +605,8 @@ void mass_row(const Ctx<T>& k, const T* Rp, T* izp, int b, int y) {
 
 // ------------------------------------------------------------------ scatter forward
 // out(p) = sum_d a(p-d, d) I(p-d) / den(p),  a(q, d) = W(d; c(q), q) / Z(q)  (0 outside)
-template <typename T, bool FAST>
+// General path (image tables, cat's eye); see scatter_fwd_fast for the fast one.
+template <typename T>
 void scatter_fwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* izp, T* out, T* den,
                      int b, int y) {
   typedef typename Vec<T>::type V;
@@ -640,7 +619,6 @@ void scatter_fwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* izp, T*
     const int nb = std::min(N, k.W - x0);
     const size_t base = k.idx(y, x0);
     const T rn = k.tnb[(static_cast<size_t>(b) * k.nty + y / TY) * k.ntx + x0 / N];
-    const T rn5 = rn + T(0.5);
     const int kyn = k.ky_for(rn);
     alignas(64) T dn[N];
     for (int g = 0; g < k.NP; g += G) {
@@ -657,15 +635,9 @@ void scatter_fwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* izp, T*
         for (int dx = -kx; dx <= kx; ++dx) {
           const ptrdiff_t q = qrow - dx;  // the source pixel q = p - d
           V w;
-          if (FAST) {
-            const T n = nrow[dx];
-            if (rn5 - n <= T(0)) continue;
-            w = vclamp01((vload<V>(Rb + q) + T(0.5)) - n);
-          } else {
-            weight_block(k, dx, dy, k.kind == 2 ? T(0) : nrow[dx], Rb + q,
-                         k.cats ? k.vxp.data() + k.KX + x0 - dx : nullptr, vyq, w,
-                         static_cast<V*>(nullptr));
-          }
+          weight_block(k, dx, dy, k.kind == 2 ? T(0) : nrow[dx], Rb + q,
+                       k.cats ? k.vxp.data() + k.KX + x0 - dx : nullptr, vyq, w,
+                       static_cast<V*>(nullptr));
           const V a = w * vload<V>(Zb + q);
           for (int c = 0; c < G; ++c) acc[c] += a * vload<V>(pl + q + c * k.plane);
         }
@@ -996,7 +968,7 @@ void forward(const T* img, const T* coc, const T* table, int tab_h, int tab_w, c
     } else {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
       for (long r = 0; r < rows; ++r)
-        gather_fwd_row<T, false>(k, Rp.get(), Ip.get(), out, den, static_cast<int>(r / H),
+        gather_fwd_row<T>(k, Rp.get(), Ip.get(), out, den, static_cast<int>(r / H),
                                  static_cast<int>(r % H));
     }
   } else {
@@ -1013,7 +985,7 @@ void forward(const T* img, const T* coc, const T* table, int tab_h, int tab_w, c
         T* o = iz.get() + b * k.plane + k.idx(y, 0);
         for (int x = 0; x < W; ++x) o[x] = T(1.0 / k.mass(R[x]));
       } else {
-        mass_row<T, false>(k, Rp.get(), iz.get(), b, y);
+        mass_row<T>(k, Rp.get(), iz.get(), b, y);
       }
     }
     if (fast) {
@@ -1024,7 +996,7 @@ void forward(const T* img, const T* coc, const T* table, int tab_h, int tab_w, c
     } else {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
       for (long r = 0; r < rows; ++r)
-        scatter_fwd_row<T, false>(k, Rp.get(), Ip.get(), iz.get(), out, den,
+        scatter_fwd_row<T>(k, Rp.get(), Ip.get(), iz.get(), out, den,
                                   static_cast<int>(r / H), static_cast<int>(r % H));
     }
   }
