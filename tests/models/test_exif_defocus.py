@@ -324,6 +324,39 @@ class TestAdapters:
         assert torch.allclose(after.image, before.image, atol=1e-6)
         assert torch.allclose(after.focus_distance_m, before.focus_distance_m)
 
+    def test_latent_text_conditioned_generator(self, tiny_checkpoints):
+        # latent diffusion (VAE) with cross-attention conditioning on prompt embeddings
+        import types
+
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+        from lensblur_models.exif_defocus import DiffusersGenerator
+
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(sample_size=4, in_channels=4, out_channels=4, layers_per_block=1,
+                                    block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+                                    norm_num_groups=4, attention_head_dim=2)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16), latent_channels=4,
+                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                            norm_num_groups=4, sample_size=8)
+        parts = types.SimpleNamespace(unet=unet, vae=vae, scheduler=DDIMScheduler(num_train_timesteps=50))
+        gen = DiffusersGenerator(parts, num_inference_steps=2)
+        assert gen.image_size == (8, 8)  # latent 4 x VAE factor 2
+        emb = torch.randn(2, 3, 8)
+        a, b = gen.sample(2, cond=emb, seed=0), gen.sample(2, cond=emb, seed=0)
+        assert a.shape == (2, 3, 8, 8) and torch.equal(a, b)
+        assert not torch.equal(a, gen.sample(2, cond=-emb, seed=0))  # the prompt embedding matters
+        x0 = gen.denoise(torch.rand(2, 3, 8, 8), torch.tensor([0.1, 0.5]), cond=emb,
+                         generator=torch.Generator().manual_seed(0))
+        x0.square().mean().backward()
+        assert x0.shape == (2, 3, 8, 8)
+        assert sum(float(p.grad.abs().sum()) for p in unet.parameters() if p.grad is not None) > 0
+        with pytest.raises(ValueError, match="text encoder"):
+            gen.sample(1, cond="a prompt")
+        with pytest.raises(ValueError, match="noise_level"):
+            gen.denoise(torch.rand(1, 3, 8, 8), 1.5)
+
     def test_local_paths_only(self, tmp_path):
         from lensblur_models.exif_defocus import DiffusersGenerator, TransformersDepth
 
