@@ -1,62 +1,67 @@
 r"""Occlusion-aware layered depth-of-field rendering.
 
 :func:`render_layered` turns an all-in-focus image and its **signed** circle of confusion
-(negative = nearer than the focus plane) into a depth-of-field image in which
+(diameter in pixels, negative = nearer than the focus plane) into a depth-of-field image in which
 
 * a sharp, in-focus object keeps sharp edges over a blurred background (no background colour
-  bleeds into it and there is no dark or bright halo around it), and
+  bleeds into it, and there is no dark or bright halo around it), and
 * a blurred near object spreads semi-transparently over whatever lies behind it, including the
-  background it hid in the input (the *partial-occlusion* fill).
+  background that it hid in the input (the *partial-occlusion* fill).
 
-The algorithm, in five steps (notation: ``s(p)`` signed coc of pixel ``p`` in pixels):
+Notation: ``s(p)`` is the signed coc of pixel ``p``, ``I`` the linear image.
 
-1. **Layer centres.**  ``K`` centres :math:`m_0 < \dots < m_{K-1}` (nearest first) are spaced
-   uniformly in the warped coordinate :math:`u(s) = \operatorname{sign}(s)\log(1 + |s|/c_0)`
-   between the smallest and largest ``s`` in the batch, so neighbouring layers differ by about
-   1 px of blur near the focus plane and by a fixed fraction (~35 %) of the blur far from it.
-   ``K`` adapts to the coc range (capped at :data:`MAX_LAYERS`) unless ``num_layers`` is given.
-   The centres are constants (chosen from detached values); gradients flow through the
-   assignment below.
+1. **Layer centres.**  The centres :math:`m_0 < \dots < m_{K-1}` (nearest first) are points of
+   a fixed grid, uniform in the warped coordinate :math:`u(s) = \operatorname{sign}(s)\log(1 +
+   |s|/3)` with step 0.3 and one point at 0 (the focus plane): neighbouring layers differ by
+   about 1 px of blur near focus and by ~35 % of the blur far from it, so that within a layer
+   the blur varies little.  Only the grid points that bracket the batch's coc range are used
+   (``K`` adapts to the range; the step grows when more than :data:`MAX_LAYERS` would be
+   needed), or ``num_layers`` points uniform in ``u`` over the range.  Because the grid is fixed,
+   the centres do not move when the coc moves a little.
 2. **Soft assignment.**  Pixel ``p`` belongs to layer ``k`` with the piecewise-linear *tent*
    weight :math:`w_k(s)` (1 at :math:`m_k`, 0 at the neighbouring centres).  The weights sum to
-   one and are continuous in ``s`` with a non-zero derivative, so the render is differentiable
+   one, are continuous in ``s`` and have a non-zero derivative, so the render is differentiable
    w.r.t. depth and every lens parameter (no hard bins).  A surface whose coc lies between two
-   centres is shared by the two layers, which are blurred by nearly the same amount.
-3. **Layer content and the partial-occlusion fill.**  Layer ``k`` holds its own pixels as
-   premultiplied colour :math:`w_k I` with coverage :math:`w_k`.  Where nearer content (more
-   than one layer nearer: :math:`H_{k-2} = \sum_{j \le k-2} w_j`) hid this layer in the input,
-   the layer is *filled* with its own surrounding colours: a push-pull pyramid (Gortler et al.
-   1996) of the layer's own premultiplied colour and coverage, limited to a few levels so that
-   it only reaches as far as the largest nearer blur radius, supplies a colour :math:`F_k` and a
-   presence :math:`\rho_k \in [0, 1]`; the hidden part enters with coverage
-   :math:`H_{k-2}\rho_k` and colour :math:`F_k`.  This is the principled "normalised blur of
-   the layer's own coverage": the hidden background is extrapolated from the nearest visible
-   pixels of the *same* layer and never from the occluder.
-4. **Blur.**  Colour and coverage of a layer are blurred together by :func:`lensblur.defocus`
-   (any backend, ``method="gather"`` by default) with the coc field
-   :math:`c_k = |m_k| + w_k (|s| - |m_k|)`: the layer's own pixels keep (nearly) their own coc,
-   everything else takes the layer's centre.  With gather each output pixel averages its own
-   footprint, so the blurred coverage :math:`A_k` is an exact local mean: an in-focus pixel is
-   never diluted by neighbours of another layer.  (The scatter operator normalises by the
-   accumulated kernel mass, which dilutes the coverage where the coc field varies; it is
-   available as ``method="scatter"``.)
-5. **Ordered compositing.**  Layers are composited front to back; each takes what the nearer
-   ones left, but no more than its own coverage (:math:`\mathrm{cov}_{-1} = 0`)::
+   centres is shared by the two neighbouring layers.
+3. **Layer content and coc field.**  Layer ``k`` holds its own pixels as premultiplied colour
+   :math:`w_k I` with coverage :math:`w_k`.  Its coc field keeps each own pixel's coc and gives
+   every other pixel the coc of the nearest own pixels (a push-pull extension
+   :math:`\bar c_k`): :math:`c_k = w_k |s| + (1 - w_k) \bar c_k`.  The field is therefore smooth
+   around the content, so the scatter operator's normalisation neither dilutes nor inflates the
+   layer's coverage.
+4. **Partial-occlusion fill.**  Where content *more than one layer nearer*
+   (:math:`H_{k-2} = \sum_{j \le k-2} w_j`) hid layer ``k`` in the input, the layer is
+   extended behind the occluder with its **own** surrounding colours: a push-pull pyramid
+   (pull: 2x2 sums rescaled to coverage <= 1; push: bilinear upsampling fills what a level
+   misses) of the layer's own premultiplied colour and coverage gives a colour :math:`F_k`
+   and a presence :math:`\rho_k \in [0, 1]`, and the hidden part enters with coverage
+   :math:`H_{k-2}\rho_k` and colour :math:`F_k`.  The pyramid is only as deep as the largest
+   blur radius in front of the layer (fractional depths blend two pyramids, so the fill varies
+   continuously), hence the fill reaches exactly as far as a blurred occluder can reveal and no
+   further; it never takes the occluder's colour.  (Shares of the *same* surface in the
+   neighbouring layer are not treated as occluders: they add up instead, see 6.)
+5. **Blur.**  Colour and coverage of each layer are blurred together by
+   :func:`lensblur.defocus` with ``method="scatter"`` (each source pixel spreads its own bokeh,
+   so highlights, squeeze and cat's-eye follow the source's coc and position) on any backend.
+   The compiled backends get several layers stacked in one call.
+6. **Ordered compositing.**  Front to back, each layer takes what the nearer ones left, but no
+   more than its own blurred coverage :math:`A_k` (with :math:`P_k` its blurred premultiplied
+   colour, :math:`\mathrm{cov}_{-1} = 0`)::
 
        r_k   = min(1, (1 - cov_{k-1}) / A_k)         # relative opacity of layer k
-       out  += r_k P_k                               # P_k: blurred premultiplied colour
+       out  += r_k P_k
        cov_k = cov_{k-1} + r_k A_k
 
-   and the result is divided by the final coverage (1 almost everywhere).  For one surface
-   split between two neighbouring layers the two shares *add* (the rear share is opaque
-   relative to what the front share left), so nothing behind shows through it; a layer's
-   colour is always normalised by its own blurred coverage (no dark halo next to a sharp
-   object); and a sharp object's coverage is exactly 1 on its pixels, so nothing behind it
-   reaches them.
+   and the result is divided by the final coverage (1 almost everywhere).  The two shares of one
+   surface split between neighbouring layers *add up* (the rear share is opaque relative to what
+   the front share left), so nothing behind shows through a surface; a layer's colour is always
+   its own blurred colour over its own blurred coverage (no dark halo next to a sharp object);
+   and an in-focus object has coverage exactly 1 on its pixels, so nothing behind reaches them.
 
-Cost: one :func:`~lensblur.defocus` call with ``C + 1`` channels per non-empty layer, plus an
-``O(B C H W)`` pyramid; memory stays ``O(B C H W)`` per layer.  An all-in-focus input
-(``s = 0`` everywhere) is a single layer blurred by 0 px and is returned unchanged.
+Cost: per non-empty layer an ``O(B C H W)`` pyramid or two and one blur of ``C + 1`` channels;
+memory ``O(B C H W)`` per layer.  An all-in-focus input (``s = 0`` everywhere) is a single layer
+blurred by 0 px and is returned unchanged.  See ``docs/layered.rst`` for pictures and the
+reasoning behind each choice.
 """
 
 from __future__ import annotations
@@ -259,7 +264,7 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
         backend: kernel backend of :func:`lensblur.defocus`.
         num_layers: number of depth layers (``None``: adapts to the coc range, at most
             :data:`MAX_LAYERS`).
-        method: blur operator used per layer, ``"gather"`` (default) or ``"scatter"``.
+        method: blur operator used per layer, ``"scatter"`` (default) or ``"gather"``.
 
     Returns:
         ``(B, C, H, W)`` in ``image``'s dtype; differentiable w.r.t. ``image`` and ``signed_coc``.
