@@ -150,6 +150,16 @@ def _tonemap(x: torch.Tensor) -> torch.Tensor:
     return F.softsign(x)  # x / (1 + |x|): smooth, keeps gradients of negative generator outputs
 
 
+def _user_focus(value, b: int, focal_length_mm: torch.Tensor) -> torch.Tensor:
+    """Validate a user focus override: ``(B,)`` metres, beyond the focal length."""
+    focus = _per_sample(value, "focus_distance_m", b, focal_length_mm)
+    if bool((focus.detach() <= focal_length_mm.detach() / 1000.0).any()):
+        raise LensBlurError("`focus_distance_m` must be greater than the focal length "
+                            f"(got {focus.detach().tolist()} m for focal lengths "
+                            f"{focal_length_mm.detach().tolist()} mm)")
+    return focus
+
+
 def _charbonnier_pyramid(pred: torch.Tensor, target: torch.Tensor, levels: int, eps: float) -> torch.Tensor:
     loss = pred.new_zeros(())
     for lvl in range(levels):
@@ -218,7 +228,8 @@ class ExifDefocusPipeline(nn.Module):
         b = aif.shape[0]
         n = exif[:, 1] if f_number is None else _per_sample(f_number, "f_number", b, exif)
         focal = exif[:, 0]
-        # the thin lens needs the focus beyond the focal length; keep a 5 % margin
+        # the thin lens needs the focus beyond the focal length: a predicted focus (metric depth
+        # times a learned scale) is kept 5 % beyond it; user overrides are validated instead
         focus = torch.maximum(focus_distance_m, 1.05 * focal.detach() / 1000.0)
         lens = ThinLens(focal_length_mm=focal, f_number=n, focus_distance_m=focus,
                         sensor_width_mm=exif[:, 2])
@@ -274,7 +285,7 @@ class ExifDefocusPipeline(nn.Module):
         exif = exif.to(device=aif.device, dtype=aif.dtype)
         pred = self.fdt(aif, depth, exif)
         focus = pred.focus_distance_m if focus_distance_m is None else \
-            _per_sample(focus_distance_m, "focus_distance_m", b, exif)
+            _user_focus(focus_distance_m, b, exif[:, 0])
         n = exif[:, 1] if f_number is None else _per_sample(f_number, "f_number", b, exif)
         depth_m = depth * pred.depth_scale.view(-1, 1, 1, 1)
         image = self.render(aif, depth_m, exif, focus, n)
@@ -289,7 +300,7 @@ class ExifDefocusPipeline(nn.Module):
         b = output.aif.shape[0]
         like = output.focus_distance_m
         focus = output.focus_distance_m if focus_distance_m is None else \
-            _per_sample(focus_distance_m, "focus_distance_m", b, like)
+            _user_focus(focus_distance_m, b, output.focal_length_mm)
         n = output.f_number if f_number is None else _per_sample(f_number, "f_number", b, like)
         exif = torch.stack([output.focal_length_mm, n, output.sensor_width_mm], dim=1)
         image = self.render(output.aif, output.depth_m, exif, focus)

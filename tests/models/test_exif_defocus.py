@@ -216,6 +216,11 @@ class TestPipelineInference:
             pipe(EXIF, images=aif, depth=depth, f_number=0.0)
         with pytest.raises(ValueError, match="focus_distance_m"):
             pipe(EXIF, images=aif, depth=depth, focus_distance_m=torch.ones(3))
+        with pytest.raises(ValueError, match="focus_distance_m.*focal length"):
+            pipe(EXIF, images=aif, depth=depth, focus_distance_m=0.15)  # inside the 200 mm lens
+        out = pipe(EXIF, images=aif, depth=depth)
+        with pytest.raises(ValueError, match="focus_distance_m.*focal length"):
+            pipe.refocus(out, focus_distance_m=torch.tensor([1.0, 0.1]))
         with pytest.raises(ValueError, match="depth"):
             pipe(EXIF, images=aif)
         with pytest.raises(ValueError, match="images"):
