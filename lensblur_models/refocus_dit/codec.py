@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import os
 from typing import Optional, Union
 
@@ -26,17 +27,25 @@ from lensblur import LensBlurError
 __all__ = ["LatentCodec", "IdentityCodec", "AutoencoderKLCodec"]
 
 
-class LatentCodec(nn.Module):
-    """Interface: ``channels`` and ``downsample`` attributes, ``encode`` and ``decode``."""
+class LatentCodec(nn.Module, metaclass=abc.ABCMeta):
+    """Abstract interface of a codec.
+
+    Attributes:
+        channels: latent channels; image_channels: image channels;
+        downsample: spatial factor between image and latent.
+    """
 
     channels: int
+    image_channels: int
     downsample: int
 
+    @abc.abstractmethod
     def encode(self, image: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        raise NotImplementedError
+        """``(B, image_channels, H, W)`` -> ``(B, channels, H / downsample, W / downsample)``."""
 
+    @abc.abstractmethod
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Inverse of :meth:`encode` (up to the codec's loss)."""
 
     def check_image(self, image: torch.Tensor) -> None:
         if not isinstance(image, torch.Tensor):

@@ -1,5 +1,6 @@
 """Tests for the refocusing DiT: simulation, stacking constraint, training, sampler, adapters, DDP."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -142,6 +143,15 @@ class TestStacking:
         assert float(stacking_loss(wrong, batch.masks, batch.multi_focus)) > 1e-4
         assert float(stacking_loss(img[:, None].expand_as(wrong), batch.masks, batch.multi_focus)) > 1e-4
 
+    def test_layered_renderer_nearly_satisfies_stacking(self):
+        """With occlusion-aware layers the identity is approximate: far below a wrong predictor."""
+        img, depth = scenes(2, 32)
+        cfg = SimulationConfig(max_strength=0.5, method="layered", num_focus_planes=3)
+        batch = simulate_batch(img, depth, cfg, torch.Generator().manual_seed(1))
+        physical = float(stacking_loss(batch.targets, batch.masks, batch.multi_focus))
+        swapped = float(stacking_loss(batch.targets.roll(1, dims=1), batch.masks, batch.multi_focus))
+        assert physical < swapped / 10, (physical, swapped)
+
     def test_gradient_reaches_model(self):
         img, depth = scenes()
         batch = simulate_batch(img, depth, self.cfg, torch.Generator().manual_seed(2))
@@ -220,6 +230,59 @@ class TestSampler:
             refocus(model, img, depth=torch.zeros(1, 1, 8, 8))
         with pytest.raises(LensBlurError, match="depth_mask"):
             model(img, torch.rand(1), img, torch.rand(1, 3), None, torch.tensor([True]))
+
+
+def test_depth_dropout_removes_depth_information():
+    torch.manual_seed(0)
+    model = randomize(RefocusDiT(RefocusDiTConfig(patch_size=4, dim=32, depth=1, heads=2)))
+    x = torch.randn(2, 3, 8, 8)
+    d1, d2 = torch.rand(2, 1, 8, 8) + 1, torch.rand(2, 1, 8, 8) + 1
+    args = (x, torch.rand(2), x, torch.rand(2, 3))
+    off = torch.tensor([False, False])
+    dropped = model(*args, d1, off)
+    assert torch.equal(dropped, model(*args, d2, off)) and torch.equal(dropped, model(*args, None))
+    assert (model(*args, d1) - model(*args, d2)).abs().max() > 1e-5      # depth is used when kept
+    assert (model(*args, d1) - dropped).abs().max() > 1e-5
+    mixed = model(*args, d1, torch.tensor([True, False]))                 # per-sample flag
+    torch.testing.assert_close(mixed[1], dropped[1])
+    # training with depth_dropout=1 never looks at the depth map
+    img, depth = scenes()
+    batch = simulate_batch(img, depth, SimulationConfig(max_strength=0.5), torch.Generator().manual_seed(0))
+    other = dataclasses.replace(batch, depth=batch.depth.flip(-1))
+    tc = TrainConfig(depth_dropout=1.0)
+    la = training_step(model, batch, config=tc, generator=torch.Generator().manual_seed(3))[1]
+    lb = training_step(model, other, config=tc, generator=torch.Generator().manual_seed(3))[1]
+    assert la == lb
+
+
+def test_example_command_trains_and_refocuses(tmp_path, capsys):
+    """The documented one-command example, with 2 steps: trains, saves, refocuses, writes images."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "train_refocus_dit.py")
+    spec = importlib.util.spec_from_file_location("train_refocus_dit", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.run(["--out", str(tmp_path), "--steps", "2", "--log-every", "1", "--patch", "4", "--scenes", "2",
+                 "--batch", "2"])
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"model", "log.jsonl", "rank0.json", "reference.png", "truth_near.png",
+            "refocus_far_nodepth.png"} <= names
+    assert capsys.readouterr().out.count("PSNR") == 4
+
+
+def test_identity_codec():
+    codec = IdentityCodec(3, shift=0.5, scale=2.0)
+    x = torch.rand(1, 3, 4, 4)
+    z = codec.encode(x)
+    assert z.min() >= -1 and z.max() <= 1 and torch.allclose(codec.decode(z), x)
+    with pytest.raises(LensBlurError, match="image"):
+        codec.encode(torch.rand(1, 1, 4, 4))
+    with pytest.raises(LensBlurError, match="scale"):
+        IdentityCodec(3, scale=0.0)
+    from lensblur_models.refocus_dit import AutoencoderKLCodec
+    with pytest.raises(TypeError, match="vae"):
+        AutoencoderKLCodec(torch.nn.Linear(2, 2))
 
 
 def test_save_load_round_trip(tmp_path):
