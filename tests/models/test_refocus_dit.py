@@ -271,6 +271,25 @@ def test_example_command_trains_and_refocuses(tmp_path, capsys):
     assert capsys.readouterr().out.count("PSNR") == 4
 
 
+def test_training_command_reads_a_data_directory(tmp_path):
+    np = pytest.importorskip("numpy")
+    from lensblur.io import write_image
+    from lensblur_models.refocus_dit.train import load_scenes, main
+
+    for i in range(2):
+        img, depth = make_scene(24, 24, seed=10 + i)
+        write_image(tmp_path / f"s{i}.png", img)
+        np.save(tmp_path / f"s{i}_depth.npy", depth[0, 0].numpy())
+    images, depths = load_scenes([0, 1], 16, str(tmp_path))
+    assert images.shape == (2, 3, 16, 16) and depths.shape == (2, 1, 16, 16)
+    assert 1.0 < float(depths.min()) and float(depths.max()) <= 12.0
+    summary = main(["--out", str(tmp_path / "run"), "--data", str(tmp_path), "--steps", "1", "--patch", "4",
+                    "--scenes", "2", "--batch", "1"])
+    assert summary["world_size"] == 1 and (tmp_path / "run" / "model" / "config.json").is_file()
+    with pytest.raises(FileNotFoundError, match="pairs"):
+        load_scenes([0], 16, str(tmp_path / "run"))
+
+
 def test_identity_codec():
     codec = IdentityCodec(3, shift=0.5, scale=2.0)
     x = torch.rand(1, 3, 4, 4)
