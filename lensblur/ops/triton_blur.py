@@ -114,10 +114,9 @@ if triton is not None:
         return vx, vy
 
     @triton.jit
-    def _shape_norm(dxf, dyf, prm, sq, rnd, KIND: tl.constexpr, BLADES: tl.constexpr):
-        """Per-tap scalar norm ``n(e)`` of disk / polygon apertures, ``e = (sq dx, dy)``."""
-        ex = dxf * sq
-        ey = dyf
+    def _shape_norm(ex, ey, prm, rnd, KIND: tl.constexpr, BLADES: tl.constexpr):
+        """Norm ``n(e)`` of disk / polygon apertures at shape coordinates ``e = (sq dx, dy)``
+        (a per-tap scalar: the same for every pixel of the tile)."""
         r = tl.sqrt(ex * ex + ey * ey)
         if KIND == 1:
             # normals are stored pre-scaled by (1 - roundness) / cos(pi / B)
@@ -130,8 +129,11 @@ if triton is not None:
     @triton.jit
     def _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd, kap, hw1, hh1,
                 KIND: tl.constexpr, BLADES: tl.constexpr, CATSEYE: tl.constexpr,
-                ACC: tl.constexpr):
-        """``(W, dW/dc)`` of offset ``d`` for kernels of radius ``radius`` (per pixel)."""
+                NEED_DW: tl.constexpr, ACC: tl.constexpr):
+        """``(W, dW/dc)`` of offset ``d`` for kernels of radius ``radius`` (one per pixel).
+
+        With ``NEED_DW=False`` (forward passes) the derivative is not computed and the second
+        value is ``W`` again (unused by the caller)."""
         ex = dxf * sq
         ey = dyf
         if KIND == 2:
@@ -158,28 +160,36 @@ if triton is not None:
             top = t00 + fx * (t01 - t00)
             bot = t10 + fx * (t11 - t10)
             w = top + fy * (bot - top)
-            dval_dx = (1.0 - fy) * (t01 - t00) + fy * (t11 - t10)
-            dval_dy = bot - top
-            s2 = scale * scale
-            dw = 0.5 * (dval_dx * (-hw1 * ex * s2) + dval_dy * (-hh1 * ey * s2))
-            ctr = (dxf == 0.0) & (dyf == 0.0)
-            w = w + ctr.to(ACC) * 1e-6
+            w = w + ((dxf == 0.0) & (dyf == 0.0)).to(ACC) * 1e-6   # positive mass for all c
+            if NEED_DW:
+                dval_dx = (1.0 - fy) * (t01 - t00) + fy * (t11 - t10)
+                dval_dy = bot - top
+                s2 = scale * scale
+                dw = 0.5 * (dval_dx * (-hw1 * ex * s2) + dval_dy * (-hh1 * ey * s2))
+            else:
+                dw = w
         else:
-            n = _shape_norm(dxf, dyf, prm, sq, rnd, KIND, BLADES)
-            t = radius + 0.5 - n
+            t = radius + 0.5 - _shape_norm(ex, ey, prm, rnd, KIND, BLADES)
             w = tl.minimum(tl.maximum(t, 0.0), 1.0)
-            dw = tl.where((t > 0.0) & (t < 1.0), 0.5, 0.0).to(ACC)
+            if NEED_DW:
+                dw = tl.where((t > 0.0) & (t < 1.0), 0.5, 0.0).to(ACC)
+            else:
+                dw = w
         if CATSEYE:
             rx = ex - kap * radius * vx
             ry = ey - kap * radius * vy
             rho = tl.sqrt(tl.maximum(rx * rx + ry * ry, 1e-24))
             t2 = radius + 0.5 - rho
             w2 = tl.minimum(tl.maximum(t2, 0.0), 1.0)
-            dt2 = 1.0 + kap * (rx * vx + ry * vy) / tl.maximum(rho, 1e-12)
-            dw2 = tl.where((t2 > 0.0) & (t2 < 1.0), 0.5 * dt2, 0.0)
             use2 = w2 < w
-            w = tl.where(use2, w2, w)
-            dw = tl.where(use2, dw2, dw)
+            if NEED_DW:
+                dt2 = 1.0 + kap * (rx * vx + ry * vy) / tl.maximum(rho, 1e-12)
+                dw2 = tl.where((t2 > 0.0) & (t2 < 1.0), 0.5 * dt2, 0.0)
+                dw = tl.where(use2, dw2, dw)
+                w = tl.where(use2, w2, w)
+            else:
+                w = tl.where(use2, w2, w)
+                dw = w
         return w, dw
 
     @triton.jit
@@ -267,14 +277,18 @@ if triton is not None:
         hw1 = tl.load(prm + 4).to(ACC)
         hh1 = tl.load(prm + 5).to(ACC)
         radius = 0.5 * tl.load(coc + map_off + pix, mask=inside, other=0.0).to(ACC)
-        vx, vy = _positions(x, y, H, W, ACC)
+        if CATSEYE:
+            vx, vy = _positions(x, y, H, W, ACC)
+        else:
+            vx = radius
+            vy = radius
         rm = 0.5 * tl.load(tmax + b * n_t + pid_t).to(ACC)
         ky = _half_height(rm, reach, H, True)
         chan = tl.arange(0, BLOCK_C)
         den = tl.zeros([BY * BX], dtype=ACC)
         for c0 in range(0, C, BLOCK_C):
-            cm = (c0 + chan) < C
-            ch_off = (c0 + chan) * hw
+            cm = ((c0 + chan) < C)[:, None]
+            img_c = img_b + ((c0 + chan) * hw)[:, None]
             num = tl.zeros([BLOCK_C, BY * BX], dtype=ACC)
             den = tl.zeros([BY * BX], dtype=ACC)
             for dy in range(-ky, ky + 1):
@@ -282,20 +296,20 @@ if triton is not None:
                 kx = _half_width(rm, dyf, sq, reach, W, KIND, True)
                 ys = y + dy
                 row_ok = inside & (ys >= 0) & (ys < H)
+                row_c = img_c + (ys * W)[None, :]
                 for dx in range(-kx, kx + 1):
                     dxf = tl.cast(dx, ACC)
                     xs = x + dx
                     ok = row_ok & (xs >= 0) & (xs < W)
-                    w, dw = _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd,
-                                    kap, hw1, hh1, KIND, BLADES, CATSEYE, ACC)
+                    w, _ = _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd,
+                                   kap, hw1, hh1, KIND, BLADES, CATSEYE, False, ACC)
                     w = tl.where(ok, w, 0.0)
-                    v = tl.load(img_b + ch_off[:, None] + (ys * W + xs)[None, :],
-                                mask=cm[:, None] & ok[None, :], other=0.0).to(ACC)
+                    v = tl.load(row_c + xs[None, :], mask=cm & ok[None, :], other=0.0).to(ACC)
                     num += w[None, :] * v
                     den += w
             res = num / tl.where(inside, den, 1.0)[None, :]
-            tl.store(out_b + ch_off[:, None] + pix[None, :], res.to(out.dtype.element_ty),
-                     mask=cm[:, None] & inside[None, :])
+            tl.store(out_b + ((c0 + chan) * hw)[:, None] + pix[None, :],
+                     res.to(out.dtype.element_ty), mask=cm & inside[None, :])
         tl.store(den_out + map_off + pix, den.to(den_out.dtype.element_ty), mask=inside)
 
     @triton.jit
@@ -304,8 +318,8 @@ if triton is not None:
                            KIND: tl.constexpr, BLADES: tl.constexpr, CATSEYE: tl.constexpr,
                            BY: tl.constexpr, BX: tl.constexpr, BLOCK_C: tl.constexpr,
                            ACC: tl.constexpr):
-        """dI(q) = sum_d W(d; c(q-d), q-d) valid gn(q-d);
-        dc(p) = sum_d W'(d; c(p), p) valid [sum_ch gn(p) I(p+d)] - s(p) sum_d W' valid."""
+        """dI(q) = sum_d W(d; c(q-d), q-d) valid gn(q-d)   (a gather over the neighbours);
+        dc(p) = sum_d W'(d; c(p), p) valid [sum_ch gn(p) I(p+d) - s(p)]   (p's own window)."""
         pid_t, y, x, inside = _tile_coords(H, W, BY, BX)
         b = tl.program_id(1)
         hw = H * W
@@ -314,6 +328,7 @@ if triton is not None:
         gn_b = gn + b.to(tl.int64) * C * hw
         dimg_b = d_img + b.to(tl.int64) * C * hw
         map_off = b.to(tl.int64) * hw
+        coc_b = coc + map_off
         pix = y * W + x
         sq = tl.load(prm + 0).to(ACC)
         rnd = tl.load(prm + 1).to(ACC)
@@ -321,8 +336,12 @@ if triton is not None:
         reach = tl.load(prm + 3).to(ACC)
         hw1 = tl.load(prm + 4).to(ACC)
         hh1 = tl.load(prm + 5).to(ACC)
-        radius = 0.5 * tl.load(coc + map_off + pix, mask=inside, other=0.0).to(ACC)
-        vx, vy = _positions(x, y, H, W, ACC)
+        radius = 0.5 * tl.load(coc_b + pix, mask=inside, other=0.0).to(ACC)
+        if CATSEYE:
+            vx, vy = _positions(x, y, H, W, ACC)
+        else:
+            vx = radius
+            vy = radius
         rm = 0.5 * tl.load(tmax + b * n_t + pid_t).to(ACC)
         rn = 0.5 * tl.load(tnbr + b * n_t + pid_t).to(ACC)
         ky = _half_height(rm, reach, H, True)
@@ -331,10 +350,11 @@ if triton is not None:
         acc = tl.zeros([BY * BX], dtype=ACC)
         wsum = tl.zeros([BY * BX], dtype=ACC)
         for c0 in range(0, C, BLOCK_C):
-            cm = (c0 + chan) < C
-            ch_off = (c0 + chan) * hw
-            gnp = tl.load(gn_b + ch_off[:, None] + pix[None, :],
-                          mask=cm[:, None] & inside[None, :], other=0.0).to(ACC)
+            cm = ((c0 + chan) < C)[:, None]
+            ch_off = ((c0 + chan) * hw)[:, None]
+            img_c = img_b + ch_off
+            gn_c = gn_b + ch_off
+            gnp = tl.load(gn_c + pix[None, :], mask=cm & inside[None, :], other=0.0).to(ACC)
             wsum = tl.zeros([BY * BX], dtype=ACC)
             # d coc: the derivative of p's own kernel over p's own window
             for dy in range(-ky, ky + 1):
@@ -342,15 +362,15 @@ if triton is not None:
                 kx = _half_width(rm, dyf, sq, reach, W, KIND, True)
                 ys = y + dy
                 row_ok = inside & (ys >= 0) & (ys < H)
+                row_c = img_c + (ys * W)[None, :]
                 for dx in range(-kx, kx + 1):
                     dxf = tl.cast(dx, ACC)
                     xs = x + dx
                     ok = row_ok & (xs >= 0) & (xs < W)
-                    w, dw = _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd,
-                                    kap, hw1, hh1, KIND, BLADES, CATSEYE, ACC)
+                    _, dw = _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd,
+                                    kap, hw1, hh1, KIND, BLADES, CATSEYE, True, ACC)
                     dw = tl.where(ok, dw, 0.0)
-                    v = tl.load(img_b + ch_off[:, None] + (ys * W + xs)[None, :],
-                                mask=cm[:, None] & ok[None, :], other=0.0).to(ACC)
+                    v = tl.load(row_c + xs[None, :], mask=cm & ok[None, :], other=0.0).to(ACC)
                     acc += dw * tl.sum(gnp * v, axis=0)
                     wsum += dw
             # d image: a gather over the neighbours p = q - d with *their* kernels
@@ -360,21 +380,25 @@ if triton is not None:
                 kx = _half_width(rn, dyf, sq, reach, W, KIND, True)
                 ys = y - dy
                 row_ok = inside & (ys >= 0) & (ys < H)
+                row = ys * W
                 for dx in range(-kx, kx + 1):
                     dxf = tl.cast(dx, ACC)
                     xs = x - dx
                     ok = row_ok & (xs >= 0) & (xs < W)
-                    npix = ys * W + xs
-                    rad_n = 0.5 * tl.load(coc + map_off + npix, mask=ok, other=0.0).to(ACC)
-                    vxn, vyn = _positions(xs, ys, H, W, ACC)
-                    w, dw = _weight(dxf, dyf, rad_n, vxn, vyn, prm, tab, tab_h, tab_w, sq, rnd,
-                                    kap, hw1, hh1, KIND, BLADES, CATSEYE, ACC)
+                    npix = row + xs
+                    rad_n = 0.5 * tl.load(coc_b + npix, mask=ok, other=0.0).to(ACC)
+                    if CATSEYE:
+                        vxn, vyn = _positions(xs, ys, H, W, ACC)
+                    else:
+                        vxn = rad_n
+                        vyn = rad_n
+                    w, _ = _weight(dxf, dyf, rad_n, vxn, vyn, prm, tab, tab_h, tab_w, sq, rnd,
+                                   kap, hw1, hh1, KIND, BLADES, CATSEYE, False, ACC)
                     w = tl.where(ok, w, 0.0)
-                    g = tl.load(gn_b + ch_off[:, None] + npix[None, :],
-                                mask=cm[:, None] & ok[None, :], other=0.0).to(ACC)
+                    g = tl.load(gn_c + npix[None, :], mask=cm & ok[None, :], other=0.0).to(ACC)
                     dimg += w[None, :] * g
-            tl.store(dimg_b + ch_off[:, None] + pix[None, :], dimg.to(d_img.dtype.element_ty),
-                     mask=cm[:, None] & inside[None, :])
+            tl.store(dimg_b + ch_off + pix[None, :], dimg.to(d_img.dtype.element_ty),
+                     mask=cm & inside[None, :])
         sp = tl.load(s + map_off + pix, mask=inside, other=0.0).to(ACC)
         tl.store(d_coc + map_off + pix, (acc - wsum * sp).to(d_coc.dtype.element_ty), mask=inside)
 
@@ -396,7 +420,11 @@ if triton is not None:
         hw1 = tl.load(prm + 4).to(ACC)
         hh1 = tl.load(prm + 5).to(ACC)
         radius = 0.5 * tl.load(coc + map_off + pix, mask=inside, other=0.0).to(ACC)
-        vx, vy = _positions(x, y, H, W, ACC)
+        if CATSEYE:
+            vx, vy = _positions(x, y, H, W, ACC)
+        else:
+            vx = radius
+            vy = radius
         rm = 0.5 * tl.load(tmax + b * n_t + pid_t).to(ACC)
         ky = _half_height(rm, reach, H, False)
         z = tl.zeros([BY * BX], dtype=ACC)
@@ -405,8 +433,8 @@ if triton is not None:
             kx = _half_width(rm, dyf, sq, reach, W, KIND, False)
             for dx in range(-kx, kx + 1):
                 dxf = tl.cast(dx, ACC)
-                w, dw = _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd,
-                                kap, hw1, hh1, KIND, BLADES, CATSEYE, ACC)
+                w, _ = _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd,
+                               kap, hw1, hh1, KIND, BLADES, CATSEYE, False, ACC)
                 z += w
         tl.store(inv_z + map_off + pix, 1.0 / tl.where(inside, z, 1.0), mask=inside)
 
@@ -423,6 +451,8 @@ if triton is not None:
         img_b = img + b.to(tl.int64) * C * hw
         out_b = out + b.to(tl.int64) * C * hw
         map_off = b.to(tl.int64) * hw
+        coc_b = coc + map_off
+        iz_b = inv_z + map_off
         pix = y * W + x
         sq = tl.load(prm + 0).to(ACC)
         rnd = tl.load(prm + 1).to(ACC)
@@ -435,8 +465,9 @@ if triton is not None:
         chan = tl.arange(0, BLOCK_C)
         den = tl.zeros([BY * BX], dtype=ACC)
         for c0 in range(0, C, BLOCK_C):
-            cm = (c0 + chan) < C
-            ch_off = (c0 + chan) * hw
+            cm = ((c0 + chan) < C)[:, None]
+            ch_off = ((c0 + chan) * hw)[:, None]
+            img_c = img_b + ch_off
             num = tl.zeros([BLOCK_C, BY * BX], dtype=ACC)
             den = tl.zeros([BY * BX], dtype=ACC)
             for dy in range(-kyn, kyn + 1):
@@ -444,24 +475,28 @@ if triton is not None:
                 kx = _half_width(rn, dyf, sq, reach, W, KIND, True)
                 ys = y - dy
                 row_ok = inside & (ys >= 0) & (ys < H)
+                row = ys * W
                 for dx in range(-kx, kx + 1):
                     dxf = tl.cast(dx, ACC)
                     xs = x - dx
                     ok = row_ok & (xs >= 0) & (xs < W)
-                    qpix = ys * W + xs
-                    rad_q = 0.5 * tl.load(coc + map_off + qpix, mask=ok, other=0.0).to(ACC)
-                    izq = tl.load(inv_z + map_off + qpix, mask=ok, other=0.0).to(ACC)
-                    vxq, vyq = _positions(xs, ys, H, W, ACC)
-                    w, dw = _weight(dxf, dyf, rad_q, vxq, vyq, prm, tab, tab_h, tab_w, sq, rnd,
-                                    kap, hw1, hh1, KIND, BLADES, CATSEYE, ACC)
-                    a = tl.where(ok, w * izq, 0.0)
-                    v = tl.load(img_b + ch_off[:, None] + qpix[None, :],
-                                mask=cm[:, None] & ok[None, :], other=0.0).to(ACC)
+                    qpix = row + xs
+                    rad_q = 0.5 * tl.load(coc_b + qpix, mask=ok, other=0.0).to(ACC)
+                    izq = tl.load(iz_b + qpix, mask=ok, other=0.0).to(ACC)
+                    if CATSEYE:
+                        vxq, vyq = _positions(xs, ys, H, W, ACC)
+                    else:
+                        vxq = rad_q
+                        vyq = rad_q
+                    w, _ = _weight(dxf, dyf, rad_q, vxq, vyq, prm, tab, tab_h, tab_w, sq, rnd,
+                                   kap, hw1, hh1, KIND, BLADES, CATSEYE, False, ACC)
+                    a = w * izq                   # izq = 0 outside the frame
+                    v = tl.load(img_c + qpix[None, :], mask=cm & ok[None, :], other=0.0).to(ACC)
                     num += a[None, :] * v
                     den += a
             res = num / tl.where(inside, den, 1.0)[None, :]
-            tl.store(out_b + ch_off[:, None] + pix[None, :], res.to(out.dtype.element_ty),
-                     mask=cm[:, None] & inside[None, :])
+            tl.store(out_b + ch_off + pix[None, :], res.to(out.dtype.element_ty),
+                     mask=cm & inside[None, :])
         tl.store(den_out + map_off + pix, den.to(den_out.dtype.element_ty), mask=inside)
 
     @triton.jit
@@ -479,6 +514,7 @@ if triton is not None:
         gn_b = gn + b.to(tl.int64) * C * hw
         dimg_b = d_img + b.to(tl.int64) * C * hw
         map_off = b.to(tl.int64) * hw
+        s_b = s + map_off
         pix = y * W + x
         sq = tl.load(prm + 0).to(ACC)
         rnd = tl.load(prm + 1).to(ACC)
@@ -487,7 +523,11 @@ if triton is not None:
         hw1 = tl.load(prm + 4).to(ACC)
         hh1 = tl.load(prm + 5).to(ACC)
         radius = 0.5 * tl.load(coc + map_off + pix, mask=inside, other=0.0).to(ACC)
-        vx, vy = _positions(x, y, H, W, ACC)
+        if CATSEYE:
+            vx, vy = _positions(x, y, H, W, ACC)
+        else:
+            vx = radius
+            vy = radius
         rm = 0.5 * tl.load(tmax + b * n_t + pid_t).to(ACC)
         ky = _half_height(rm, reach, H, False)   # no clamp: Z needs the whole window
         chan = tl.arange(0, BLOCK_C)
@@ -498,10 +538,11 @@ if triton is not None:
         z = tl.zeros([BY * BX], dtype=ACC)
         zp = tl.zeros([BY * BX], dtype=ACC)
         for c0 in range(0, C, BLOCK_C):
-            cm = (c0 + chan) < C
-            ch_off = (c0 + chan) * hw
-            iq = tl.load(img_b + ch_off[:, None] + pix[None, :],
-                         mask=cm[:, None] & inside[None, :], other=0.0).to(ACC)
+            cm = ((c0 + chan) < C)[:, None]
+            ch_off = ((c0 + chan) * hw)[:, None]
+            gn_c = gn_b + ch_off
+            iq = tl.load(img_b + ch_off + pix[None, :], mask=cm & inside[None, :],
+                         other=0.0).to(ACC)
             dimg = tl.zeros([BLOCK_C, BY * BX], dtype=ACC)
             p_s = tl.zeros([BY * BX], dtype=ACC)
             q_s = tl.zeros([BY * BX], dtype=ACC)
@@ -512,20 +553,20 @@ if triton is not None:
                 kx = _half_width(rm, dyf, sq, reach, W, KIND, False)
                 ys = y + dy
                 row_ok = inside & (ys >= 0) & (ys < H)
+                row = ys * W
                 for dx in range(-kx, kx + 1):
                     dxf = tl.cast(dx, ACC)
                     xs = x + dx
                     ok = row_ok & (xs >= 0) & (xs < W)
-                    ppix = ys * W + xs
+                    ppix = row + xs
                     w, dw = _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd,
-                                    kap, hw1, hh1, KIND, BLADES, CATSEYE, ACC)
+                                    kap, hw1, hh1, KIND, BLADES, CATSEYE, True, ACC)
                     z += w
                     zp += dw
                     wv = tl.where(ok, w, 0.0)
                     dwv = tl.where(ok, dw, 0.0)
-                    g = tl.load(gn_b + ch_off[:, None] + ppix[None, :],
-                                mask=cm[:, None] & ok[None, :], other=0.0).to(ACC)
-                    sp = tl.load(s + map_off + ppix, mask=ok, other=0.0).to(ACC)
+                    g = tl.load(gn_c + ppix[None, :], mask=cm & ok[None, :], other=0.0).to(ACC)
+                    sp = tl.load(s_b + ppix, mask=ok, other=0.0).to(ACC)
                     dimg += wv[None, :] * g
                     gi = tl.sum(iq * g, axis=0)
                     p_acc += dwv * gi
@@ -533,9 +574,8 @@ if triton is not None:
                     p_s += dwv * sp
                     q_s += wv * sp
             inv = 1.0 / tl.where(inside, z, 1.0)
-            tl.store(dimg_b + ch_off[:, None] + pix[None, :],
-                     (dimg * inv[None, :]).to(d_img.dtype.element_ty),
-                     mask=cm[:, None] & inside[None, :])
+            tl.store(dimg_b + ch_off + pix[None, :], (dimg * inv[None, :]).to(d_img.dtype.element_ty),
+                     mask=cm & inside[None, :])
         inv = 1.0 / tl.where(inside, z, 1.0)
         dc = (p_acc - p_s) * inv - (q_acc - q_s) * zp * inv * inv
         tl.store(d_coc + map_off + pix, dc.to(d_coc.dtype.element_ty), mask=inside)
