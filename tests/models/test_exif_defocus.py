@@ -5,7 +5,6 @@ ops only lose from threading).
 """
 
 import math
-import os
 
 import pytest
 import torch
@@ -237,8 +236,8 @@ def test_fdt_learns_focus_through_the_blur():
     Targets are synthetic scene crops focused like a centre-point autofocus (see
     make_focus_dataset), at log-uniform world scales 0.5-2 and f/1.4-f/2.8.  On 24 held-out crops
     (other scene seeds) the constant predictor (geometric mean of the training focus distances)
-    has a log-focus MAE of about 0.90; after 100 Adam steps (batch 8, lr 3e-3) the tiny FDT
-    reaches about 0.2-0.3.  Required: ratio < 0.6.  (The "gather" renderer keeps this fast; the
+    has a log-focus MAE of 0.90; after 100 Adam steps (batch 8, lr 3e-3) the tiny FDT reaches
+    0.31 (seeds 0-3: 0.31, 0.28, 0.35, 0.17, ratios 0.19-0.39).  Required: ratio < 0.6.  (The "gather" renderer keeps this fast; the
     default "layered" one learns as well, about 0.22, at 8x the CPU time.)
     """
     torch.manual_seed(0)
@@ -267,11 +266,12 @@ def test_fdt_learns_focus_through_the_blur():
 def tiny_checkpoints(tmp_path_factory):
     pytest.importorskip("diffusers")
     pytest.importorskip("transformers")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lensblur_models.exif_defocus import make_tiny_depth_model, make_tiny_diffusers_generator
 
-    root = tmp_path_factory.mktemp("tiny_hf")
-    return make_tiny_diffusers_generator(root / "gen", size=16), make_tiny_depth_model(root / "depth")
+    with pytest.MonkeyPatch.context() as mp:  # no hub access: everything loads from tmp dirs
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        root = tmp_path_factory.mktemp("tiny_hf")
+        yield make_tiny_diffusers_generator(root / "gen", size=16), make_tiny_depth_model(root / "depth")
 
 
 def hf_pipeline(tiny_checkpoints, **cfg):
