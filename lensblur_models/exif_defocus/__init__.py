@@ -6,17 +6,18 @@
   lens blur, with an unsupervised training step and an inference API with focus / f-number
   overrides.
 * Adapters: :class:`DiffusersGenerator`, :class:`TransformersDepth` (local checkpoints only).
-* :func:`make_focus_dataset`: synthetic defocused photos with known focus for tests and demos.
+* :func:`make_focus_dataset`: synthetic defocused photos with known focus for tests and demos;
+  :func:`load_exif_photos`: real photos and their EXIF as a training batch.
 """
 
 from .adapters import (DiffusersGenerator, TransformersDepth, make_tiny_depth_model,
                        make_tiny_diffusers_generator)
-from .data import make_focus_dataset
+from .data import load_exif_photos, make_focus_dataset
 from .fdt import FocusDistanceConfig, FocusDistanceTransformer, FocusPrediction, load_vit_weights
 from .pipeline import (DEFAULT_BLUR_METHOD, ExifDefocusConfig, ExifDefocusOutput, ExifDefocusPipeline,
                        log_focus_error)
 
 __all__ = ["DEFAULT_BLUR_METHOD", "DiffusersGenerator", "ExifDefocusConfig", "ExifDefocusOutput",
            "ExifDefocusPipeline", "FocusDistanceConfig", "FocusDistanceTransformer", "FocusPrediction",
-           "TransformersDepth", "load_vit_weights", "log_focus_error", "make_focus_dataset",
+           "TransformersDepth", "load_exif_photos", "load_vit_weights", "log_focus_error", "make_focus_dataset",
            "make_tiny_depth_model", "make_tiny_diffusers_generator"]

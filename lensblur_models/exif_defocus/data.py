@@ -1,24 +1,31 @@
-"""Synthetic defocused photos with known focus, from :func:`lensblur.scene.make_scene`.
+"""Training data: synthetic defocused photos with known focus, and real photos with EXIF.
 
-Each sample is a square crop of a procedural scene, viewed by a lens whose field of view matches
+:func:`load_exif_photos` reads real photos and their EXIF into a training batch.
+:func:`make_focus_dataset` builds synthetic photos from :func:`lensblur.scene.make_scene`.
+
+Each synthetic sample is a square crop of a procedural scene, viewed by a lens whose field of view matches
 the crop (a crop of ``1/k`` of the frame is a ``k`` times longer lens on the same 36 mm sensor),
 with the whole world scaled by a random factor (a scaled scene looks identical but its blur does
 not), focused like a camera's **centre autofocus point**: on the median depth of the central
-``patch x patch`` window.  The target is rendered with :func:`lensblur.render` at that focus and a
+``af_window x af_window`` pixels.  The target is rendered with :func:`lensblur.render` at that focus and a
 random f-number.  The focus is therefore a function of the image content and depth — learnable by
 a Focus Distance Transformer — while a constant predictor cannot know it.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+import os
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 
 import lensblur
 from lensblur.scene import SCENE_FOCAL_LENGTH_MM, SCENE_SENSOR_WIDTH_MM, make_scene
 
-__all__ = ["make_focus_dataset"]
+__all__ = ["make_focus_dataset", "load_exif_photos"]
+
+_PHOTO_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff", ".png")
 
 
 def make_focus_dataset(num: int, size: int = 32, *, seed: int = 0, scene_size: int = 96,
@@ -75,3 +82,56 @@ def make_focus_dataset(num: int, size: int = 32, *, seed: int = 0, scene_size: i
         target = lensblur.render(aif, depth, lens, method=method, backend=backend)
     return {"aif": aif, "depth": depth, "exif": exif, "focus_distance_m": focus, "target": target}
 
+
+
+def load_exif_photos(paths: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]], size: int = 256,
+                     default_sensor_width_mm: Optional[float] = None) -> Dict[str, torch.Tensor]:
+    """Load real photos and their EXIF as a training batch for :class:`ExifDefocusPipeline`.
+
+    Each photo is centre-cropped to a square and resized to ``size x size`` (bicubic); its EXIF
+    comes from :func:`lensblur_models.read_exif` with the sensor width of the *crop* (the crop
+    keeps ``side / width`` of the sensor width, so the blur in pixels stays physical).  Images
+    are display encoded: train with ``ExifDefocusConfig(gamma=2.2)``.
+
+    Args:
+        paths: a directory (every ``.jpg``/``.jpeg``/``.tif``/``.tiff``/``.png`` in it, sorted)
+            or a list of files.
+        size: output side in pixels.
+        default_sensor_width_mm: sensor width for files without sensor-size EXIF.
+
+    Returns:
+        dict with ``target`` ``(N, 3, size, size)`` in ``[0, 1]`` and ``exif`` ``(N, 3)``.
+
+    Raises:
+        ExifError: a file's EXIF is missing or invalid (the message names the file and field).
+    """
+    from PIL import Image
+
+    from ..exif import ExifError, read_exif
+
+    if isinstance(paths, (str, os.PathLike)) and Path(paths).is_dir():
+        files = sorted(p for p in Path(paths).iterdir() if p.suffix.lower() in _PHOTO_SUFFIXES)
+    elif isinstance(paths, (str, os.PathLike)):
+        files = [Path(paths)]
+    else:
+        files = [Path(p) for p in paths]
+    if not files:
+        raise ValueError(f"`paths` {paths!r} holds no photos ({', '.join(_PHOTO_SUFFIXES)})")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise ValueError(f"`size` must be an int >= 8, got {size!r}")
+    targets, exif = [], []
+    for f in files:
+        try:
+            e = read_exif(f, default_sensor_width_mm=default_sensor_width_mm)
+        except ExifError as err:
+            raise ExifError(f"{f}: {err}") from None
+        with Image.open(f) as img:
+            img = img.convert("RGB")
+            w, h = img.size
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+            arr = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3)
+        targets.append(arr.permute(2, 0, 1).float() / 255.0)
+        exif.append([e.focal_length_mm, e.f_number, e.sensor_width_mm * side / w])
+    return {"target": torch.stack(targets), "exif": torch.tensor(exif, dtype=torch.float32)}

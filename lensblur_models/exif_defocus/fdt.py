@@ -242,7 +242,8 @@ def load_vit_weights(model: FocusDistanceTransformer, vit: nn.Module) -> FocusDi
                             f"{tuple(w.shape)}")
     w.zero_()
     w[:, :3] = proj.weight
-    model.patch_embed.proj.bias.copy_(proj.bias if proj.bias is not None else torch.zeros_like(model.patch_embed.proj.bias))
+    bias = model.patch_embed.proj.bias
+    bias.copy_(proj.bias if proj.bias is not None else torch.zeros_like(bias))
 
     def fold(norm, lin, dst):
         g = norm.weight if getattr(norm, "weight", None) is not None else torch.ones(lin.in_features)

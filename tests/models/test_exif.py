@@ -132,3 +132,30 @@ class TestEmbedder:
         before = exif.clone()
         emb(exif)
         assert torch.equal(exif, before)
+
+
+def test_load_exif_photos_crops_sensor_with_the_image(tmp_path):
+    from lensblur_models.exif_defocus import load_exif_photos
+
+    tags = {FOCAL: rational(50, 1), FNUMBER: rational(2, 1), F35: 50}
+    write_jpeg(tmp_path / "a_landscape.jpg", tags, size=(60, 40))
+    write_jpeg(tmp_path / "b_portrait.jpg", {**tags, FNUMBER: rational(4, 1)}, size=(40, 60))
+    (tmp_path / "notes.txt").write_text("not a photo")
+    batch = load_exif_photos(tmp_path, size=16)
+    assert batch["target"].shape == (2, 3, 16, 16) and batch["exif"].shape == (2, 3)
+    # solid colour survives (JPEG error only); display encoded in [0, 1]
+    expected = torch.tensor([120.0, 80.0, 40.0]).view(3, 1, 1) / 255
+    assert (batch["target"] - expected).abs().max() < 4 / 255
+    # full frame: the 40 px square crop spans 40/60 of the 36 mm width (landscape) and the whole
+    # 24 mm width of the portrait frame
+    assert torch.allclose(batch["exif"], torch.tensor([[50.0, 2.0, 24.0], [50.0, 4.0, 24.0]]), atol=1e-4)
+    write_jpeg(tmp_path / "c_bad.jpg", {FOCAL: rational(50, 1)})
+    with pytest.raises(ExifError, match="c_bad.jpg.*f_number"):
+        load_exif_photos(tmp_path, size=16)
+    with pytest.raises(ValueError, match="size"):
+        load_exif_photos([tmp_path / "a_landscape.jpg"], size=4)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no photos"):
+        load_exif_photos(tmp_path / "empty")
+    with pytest.raises(ExifError, match="cannot be opened"):
+        load_exif_photos(tmp_path / "missing.jpg")

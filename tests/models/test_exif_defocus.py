@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-import lensblur
 from lensblur.scene import make_scene
 from lensblur_models import blur_monotonicity
 from lensblur_models.exif_defocus import (ExifDefocusConfig, ExifDefocusPipeline, FocusDistanceConfig,
@@ -237,8 +236,9 @@ def test_fdt_learns_focus_through_the_blur():
     make_focus_dataset), at log-uniform world scales 0.5-2 and f/1.4-f/2.8.  On 24 held-out crops
     (other scene seeds) the constant predictor (geometric mean of the training focus distances)
     has a log-focus MAE of 0.90; after 100 Adam steps (batch 8, lr 3e-3) the tiny FDT reaches
-    0.31 (seeds 0-3: 0.31, 0.28, 0.35, 0.17, ratios 0.19-0.39).  Required: ratio < 0.6.  (The "gather" renderer keeps this fast; the
-    default "layered" one learns as well, about 0.22, at 8x the CPU time.)
+    0.31 (seeds 0-3: 0.31, 0.28, 0.35, 0.17, ratios 0.19-0.39).  Required: ratio < 0.6.
+    (The "gather" renderer keeps this fast; the default "layered" one learns as well, about
+    0.22, at 8x the CPU time.)
     """
     torch.manual_seed(0)
     train = make_focus_dataset(48, 32, seed=0, scene_size=96)
@@ -339,7 +339,8 @@ class TestAdapters:
 
         torch.manual_seed(0)
         unet = UNet2DConditionModel(sample_size=4, in_channels=4, out_channels=4, layers_per_block=1,
-                                    block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    block_out_channels=(8, 16),
+                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
                                     norm_num_groups=4, attention_head_dim=2)
         vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16), latent_channels=4,
