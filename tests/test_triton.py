@@ -318,3 +318,26 @@ def test_kernels_compile_for_sm90_without_a_gpu(tmp_path):
     if res.returncode != 0 and "ptxas" in res.stderr and "not found" in res.stderr.lower():
         pytest.skip("Triton's bundled ptxas is missing")
     assert res.returncode == 0 and "compiled" in res.stdout, res.stderr[-4000:]
+
+
+class TestGpuBenchmarkScript:
+    """``benchmarks/triton_gpu.py`` runs only on CUDA; on CPU it must stop with a message."""
+
+    @pytest.mark.skipif(ON_GPU, reason="checks the no-GPU exit path")
+    def test_exits_with_status_2_without_cuda(self, capsys, tmp_path):
+        from benchmarks import triton_gpu
+        assert triton_gpu.main(["--out", str(tmp_path / "t.md")]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err
+        assert not (tmp_path / "t.md").exists()
+
+    def test_table_rows_and_targets(self):
+        from benchmarks import triton_gpu
+        row = dict(size="1024", d=33.0, method="gather", mode="fwd", tri=[0.25, 0.24, 0.26],
+                   ref=[150.0, 149.0, 151.0], speed=600.0, tri_mib=12.0, ref_mib=float("inf"),
+                   err=3e-7)
+        line = triton_gpu.format_row(row)
+        assert line.startswith("| 1024² | 33 | gather | fwd | 0.250 [0.240, 0.260] | OOM | 600× |")
+        slow = dict(row, mode="fwd+bwd", tri=[1.5, 1.4, 1.6])
+        summary = "\n".join(triton_gpu.target_summary([row, slow]))
+        assert "fwd: 0.250 ms (H100 target ≤ 0.3 ms: meets)" in summary
+        assert "fwd+bwd: 1.500 ms (H100 target ≤ 1.0 ms: MISSES)" in summary
