@@ -10,14 +10,15 @@ image, as in image-to-image flow matching): with source :math:`x_0`, target :mat
     v_\theta(x_t, t, \text{cond}) \approx x_1 - x_0 ,
 
 and sampling integrates :math:`\dot x = v_\theta` from :math:`x_0` with Euler steps (one step is a
-direct prediction; more steps refine it).  The head is zero-initialised, so an untrained network
+direct prediction; more steps refine it).  The last layer is zero-initialised, so an untrained network
 returns its source unchanged.
 
 **Token concatenation.**  The sequence fed to one shared :class:`~lensblur_models.nn.TokenTransformer`
 is ``[state tokens | condition tokens ...]``: the patchified state :math:`x_t`, then each condition
 as its own token set (spatially aligned conditions share the state's 2-D sine/cosine positions and
 are told apart by a learned *type* embedding; aperture tokens carry a learned position).  Only the
-state tokens are read out.
+state tokens are read out, by a linear patch head followed by a small convolutional pixel decoder
+that also sees the full-resolution state and condition images (``config.head_channels``).
 
 * :class:`DeblurNet` — source: the defocused photo; condition: the defocused photo (kept in view
   while the state moves); target: the all-in-focus image (AIF).
@@ -57,6 +58,9 @@ class DeblurNetConfig:
         channels: image channels.  patch: token patch side (pixels).  dim, depth, heads,
         mlp_ratio: transformer width, blocks, attention heads, MLP ratio.
         bridge_noise: :math:`\\sigma` of the training bridge (0 = deterministic bridge).
+        head_channels: width of the convolutional pixel decoder that turns the state tokens
+            (unpatchified to full resolution) plus the state and condition images into the
+            velocity; 0 = a plain linear patch head.
     """
 
     channels: int = 3
@@ -66,6 +70,7 @@ class DeblurNetConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     bridge_noise: float = 0.0
+    head_channels: int = 16
 
     @classmethod
     def tiny(cls) -> "DeblurNetConfig":
@@ -75,7 +80,7 @@ class DeblurNetConfig:
     @classmethod
     def base(cls) -> "DeblurNetConfig":
         """DiT-S-sized (about 22 M parameters with ``patch=8``), for GPU training."""
-        return cls(patch=8, dim=384, depth=12, heads=6, mlp_ratio=4.0, bridge_noise=0.05)
+        return cls(patch=8, dim=384, depth=12, heads=6, mlp_ratio=4.0, bridge_noise=0.05, head_channels=32)
 
 
 @dataclasses.dataclass
@@ -97,7 +102,7 @@ class BokehNetConfig(DeblurNetConfig):
 
     @classmethod
     def base(cls) -> "BokehNetConfig":
-        return cls(patch=8, dim=384, depth=12, heads=6, mlp_ratio=4.0, bridge_noise=0.05,
+        return cls(patch=8, dim=384, depth=12, heads=6, mlp_ratio=4.0, bridge_noise=0.05, head_channels=32,
                    max_coc_px=48.0, aperture_size=32, aperture_patch=8)
 
 
@@ -108,6 +113,8 @@ def _check_config(cfg, cls) -> None:
         check_int(getattr(cfg, name), f"config.{name}")
     if cfg.dim % 4 or cfg.dim % cfg.heads:
         raise LensBlurError(f"`config.dim` ({cfg.dim}) must be a multiple of 4 and of `config.heads`")
+    if isinstance(cfg.head_channels, bool) or not isinstance(cfg.head_channels, int) or cfg.head_channels < 0:
+        raise LensBlurError(f"`config.head_channels` must be an int >= 0, got {cfg.head_channels!r}")
     if not cfg.bridge_noise >= 0:
         raise LensBlurError(f"`config.bridge_noise` must be >= 0, got {cfg.bridge_noise}")
 
@@ -172,9 +179,21 @@ class _BridgeTransformer(nn.Module):
         self.type_embed = nn.Parameter(torch.randn(1 + len(self.cond_embeds) + 1, d) * 0.02)
         self.time_embed = lbnn.TimestepEmbedder(d)
         self.transformer = lbnn.TokenTransformer(d, config.depth, config.heads, config.mlp_ratio)
-        self.head = nn.Linear(d, p * p * c)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        hc = config.head_channels
+        if hc > 0:
+            # pixel decoder: token features at full resolution + the state and conditions -> velocity
+            self.head = nn.Linear(d, p * p * hc)
+            in_ch = hc + c + sum(self._cond_channels())
+            self.refine = nn.Sequential(nn.Conv2d(in_ch, 2 * hc, 3, padding=1), nn.GELU(),
+                                        nn.Conv2d(2 * hc, 2 * hc, 3, padding=1), nn.GELU(),
+                                        nn.Conv2d(2 * hc, c, 3, padding=1))
+            last = self.refine[-1]
+        else:
+            self.head = nn.Linear(d, p * p * c)
+            self.refine = None
+            last = self.head
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def _cond_channels(self) -> Sequence[int]:
         return (self.config.channels,)
@@ -193,17 +212,23 @@ class _BridgeTransformer(nn.Module):
                   extra_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         h, w = state.shape[-2:]
         dtype = self.head.weight.dtype
-        tok, (gh, gw) = self.state_embed(self._pad(state.to(dtype)))
+        state_p = self._pad(state.to(dtype))
+        conds_p = [self._pad(c.to(dtype)) for c in conds]
+        tok, (gh, gw) = self.state_embed(state_p)
         pos = lbnn.sincos_pos_embed_2d(gh, gw, self.config.dim, device=tok.device, dtype=tok.dtype)
         seq = [tok + pos + self.type_embed[0]]
-        for i, (emb, c) in enumerate(zip(self.cond_embeds, conds)):
-            ctok, _ = emb(self._pad(c.to(dtype)))
+        for i, (emb, c) in enumerate(zip(self.cond_embeds, conds_p)):
+            ctok, _ = emb(c)
             seq.append(ctok + pos + self.type_embed[1 + i])
         if extra_tokens is not None:
             seq.append(extra_tokens + self.type_embed[-1])
         cond_vec = self.time_embed(t)
         out = self.transformer(torch.cat(seq, dim=1), cond_vec)[:, : gh * gw]
-        v = lbnn.unpatchify(self.head(out), self.config.patch, self.config.channels, gh, gw)
+        if self.refine is None:
+            v = lbnn.unpatchify(self.head(out), self.config.patch, self.config.channels, gh, gw)
+        else:
+            feat = lbnn.unpatchify(self.head(out), self.config.patch, self.config.head_channels, gh, gw)
+            v = self.refine(torch.cat([feat, state_p, *conds_p], dim=1))
         return v[..., :h, :w]
 
     def _sample(self, source: torch.Tensor, steps: int, velocity_fn) -> torch.Tensor:
