@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from lensblur.io import write_image
-from lensblur_models.refocus_dit import RefocusDiTPipeline, SimulationConfig, render_condition
+from lensblur_models.refocus_dit import (AutoencoderKLCodec, RefocusDiTPipeline, SimulationConfig,
+                                         render_condition)
 from lensblur_models.refocus_dit.codec import IdentityCodec
 from lensblur_models.refocus_dit.train import build_parser, load_scenes, main as train_main
 
@@ -38,7 +39,14 @@ def run(argv=None) -> None:
         return
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    pipe = RefocusDiTPipeline.from_pretrained(out / "model", codec=IdentityCodec(3, shift=0.5, scale=2.0))
+    codec = (AutoencoderKLCodec.from_pretrained(args.vae, subfolder=args.vae_subfolder or None)
+             if args.vae else IdentityCodec(3, shift=0.5, scale=2.0))
+    if args.flux:  # LoRA + conditioning on a local FLUX checkpoint
+        from lensblur_models.refocus_dit.flux import FluxRefocusAdapter
+
+        pipe = RefocusDiTPipeline(FluxRefocusAdapter.load_adapter(out / "adapter").eval(), codec)
+    else:
+        pipe = RefocusDiTPipeline.from_pretrained(out / "model", codec=codec)
     image, depth = load_scenes([999], args.size, args.data)  # sRGB-encoded all-in-focus
     sim = SimulationConfig(max_strength=args.max_strength, gamma=2.2)
     ref_cond = torch.tensor([[0.5, 0.5, 0.0]])  # the input photo: everything sharp

@@ -66,7 +66,7 @@ class RefocusDiTConfig:
 
     @classmethod
     def tiny(cls, latent_channels: int = 3) -> "RefocusDiTConfig":
-        """~0.1 M parameters: CPU tests and demos."""
+        """~0.2 M parameters: CPU tests and demos."""
         return cls(latent_channels=latent_channels, patch_size=2, dim=64, depth=2, heads=4)
 
     @classmethod

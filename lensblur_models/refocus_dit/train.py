@@ -17,7 +17,14 @@ simulate different pairs; model initialisation uses ``seed`` on every rank (DDP 
 rank 0's weights).  Images are clipped to ``[0, 1]``, sRGB-encoded and rendered with
 ``gamma=2.2`` (blur happens in linear light); the pixel-space codec maps them to ``[-1, 1]``.
 
-Outputs in ``--out``: ``model/`` (``RefocusDiT.save_pretrained``), ``log.jsonl`` (rank 0's
+A real checkpoint: ``--flux DIR`` trains LoRA adapters and the new conditioning modules of
+:class:`~.flux.FluxRefocusAdapter` on the FLUX transformer in ``DIR/transformer`` and ``--vae DIR``
+moves the training into the latent space of ``DIR/vae`` (use ``--size 512`` or more, and GPUs)::
+
+    torchrun --nproc_per_node 8 -m lensblur_models.refocus_dit.train --flux /models/FLUX.1-dev --vae /models/FLUX.1-dev --size 512 --batch 1 --lr 1e-4 --out runs/flux_refocus
+
+Outputs in ``--out``: ``model/`` (``RefocusDiT.save_pretrained``) or ``adapter/``
+(``FluxRefocusAdapter.save_pretrained``), ``log.jsonl`` (rank 0's
 losses averaged over ranks) and ``rank{r}.json`` (per-rank summary: its scene shard, the digest
 of its first batch and a checksum of its final weights).
 """
@@ -62,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--planes", type=int, default=2, help="focus planes per scene (stacking)")
     p.add_argument("--max-strength", type=float, default=0.3,
                    help="blur at bokeh level 1, image widths per diopter")
+    p.add_argument("--vae", default=None,
+                   help="local diffusers checkpoint of an AutoencoderKL: train in its latent space")
+    p.add_argument("--vae-subfolder", default="vae", help="subfolder of --vae ('' for none)")
+    p.add_argument("--flux", default=None,
+                   help="local FLUX checkpoint: train LoRA + conditioning on its transformer")
+    p.add_argument("--flux-subfolder", default="transformer", help="subfolder of --flux ('' for none)")
+    p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
@@ -136,16 +150,28 @@ def _train(args, rank: int, world: int, device: torch.device, distributed: bool)
     images, depths = images.to(device), depths.to(device)
 
     torch.manual_seed(args.seed)
-    config = _MODELS[args.model](latent_channels=3)
-    if args.patch:
-        config.patch_size = args.patch
-    model = RefocusDiT(config).to(device)
+    if args.vae:
+        from .codec import AutoencoderKLCodec
+
+        codec = AutoencoderKLCodec.from_pretrained(args.vae, subfolder=args.vae_subfolder or None).to(device)
+    else:
+        codec = IdentityCodec(3, shift=0.5, scale=2.0)
+    if args.flux:
+        from .flux import FluxRefocusAdapter
+
+        model = FluxRefocusAdapter.from_pretrained(args.flux, subfolder=args.flux_subfolder or None,
+                                                   lora_rank=args.lora_rank).to(device)
+    else:
+        config = _MODELS[args.model](latent_channels=codec.channels)
+        if args.patch:
+            config.patch_size = args.patch
+        model = RefocusDiT(config).to(device)
     ddp_model = model
     if distributed:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    codec = IdentityCodec(3, shift=0.5, scale=2.0)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
+                            weight_decay=0.0)
     sim = SimulationConfig(max_strength=args.max_strength, num_focus_planes=args.planes, gamma=2.2)
     tcfg = TrainConfig(flow_weight=args.flow_weight, stack_weight=args.stack_weight,
                        depth_dropout=args.depth_dropout)
@@ -180,7 +206,7 @@ def _train(args, rank: int, world: int, device: torch.device, distributed: bool)
                 print(json.dumps(rec), flush=True)
     if log is not None:
         log.close()
-        model.save_pretrained(out / "model")
+        model.save_pretrained(out / ("adapter" if args.flux else "model"))
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     summary = {"rank": rank, "world_size": world, "scenes": shard, "first_batch_digest": first_digest,
                "param_checksum": checksum, "final": metrics}

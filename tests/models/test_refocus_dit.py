@@ -370,6 +370,14 @@ def test_flux_lora_adapter_and_vae_codec_from_local_checkpoints(tmp_path):
     with pytest.raises(LensBlurError, match="path"):
         FluxRefocusAdapter.from_pretrained(tmp_path / "missing")
 
+    # the training command on the same local checkpoint: LoRA in the VAE latent space
+    from lensblur_models.refocus_dit.train import main
+    summary = main(["--out", str(tmp_path / "run"), "--flux", str(tmp_path / "flux"), "--vae",
+                    str(tmp_path / "flux"), "--lora-rank", "2", "--steps", "1", "--scenes", "1", "--batch", "1"])
+    assert summary["final"]["loss"] > 0
+    trained = FluxRefocusAdapter.load_adapter(tmp_path / "run" / "adapter")
+    assert trained.lora_rank == 2 and trained.source == (str(tmp_path / "flux"), "transformer")
+
 
 def test_ddp_two_cpu_processes(tmp_path):
     """torchrun, 2 processes, gloo: ranks see different data, weights stay in sync, model saved."""
