@@ -228,8 +228,9 @@ def load_vit_weights(model: FocusDistanceTransformer, vit: nn.Module) -> FocusDi
     embedding are copied and the depth filter starts at zero; each LayerNorm's affine
     ``(g, b)`` is folded into the Linear that follows it (``W (g x + b) + c = (W g) x + (W b + c)``),
     because the FDT's norms are affine-free and modulated; and every block's adaLN gate bias is
-    set to 1, so at initialisation each block computes exactly the ViT block
-    ``x + Attn(LN(x)); x + MLP(LN(x))``.
+    set to 1 (or to the block's LayerScale ``ls1.gamma`` / ``ls2.gamma`` when it has one), so at
+    initialisation each block computes the ViT block ``x + Attn(LN(x)); x + MLP(LN(x))``
+    (exactly, up to the FDT's tanh approximation of GELU).
     """
     blocks = list(vit.blocks)
     ours = model.blocks.blocks
@@ -261,7 +262,13 @@ def load_vit_weights(model: FocusDistanceTransformer, vit: nn.Module) -> FocusDi
         dst.mlp[2].bias.copy_(src.mlp.fc2.bias)
         bias = dst.ada[1].bias
         bias.zero_()
-        bias[2 * dim:3 * dim] = 1.0  # attention gate
-        bias[5 * dim:6 * dim] = 1.0  # MLP gate
+        bias[2 * dim:3 * dim] = _layer_scale(src, "ls1", dim)  # attention gate
+        bias[5 * dim:6 * dim] = _layer_scale(src, "ls2", dim)  # MLP gate
     return model
+
+
+def _layer_scale(block: nn.Module, name: str, dim: int) -> torch.Tensor:
+    """The per-channel LayerScale of a timm block branch (``ls1.gamma``), or ones."""
+    gamma = getattr(getattr(block, name, None), "gamma", None)
+    return torch.ones(dim) if gamma is None else gamma.detach().reshape(dim)
 

@@ -143,13 +143,19 @@ class TestFocusDistanceTransformer:
                 b, n, d = x.shape
                 qkv = self.attn.qkv(self.norm1(x)).reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
                 a = torch.softmax(qkv[0] @ qkv[1].transpose(-1, -2) / math.sqrt(d // heads), -1) @ qkv[2]
-                x = x + self.attn.proj(a.transpose(1, 2).reshape(b, n, d))
-                return x + self.mlp.fc2(self.mlp.act(self.mlp.fc1(self.norm2(x))))
+                g1 = self.ls1.gamma if hasattr(self, "ls1") else 1.0
+                g2 = self.ls2.gamma if hasattr(self, "ls2") else 1.0
+                x = x + g1 * self.attn.proj(a.transpose(1, 2).reshape(b, n, d))
+                return x + g2 * self.mlp.fc2(self.mlp.act(self.mlp.fc1(self.norm2(x))))
 
         vit = nn.Module()
         vit.patch_embed = nn.Module()
         vit.patch_embed.proj = nn.Conv2d(3, dim, 4, 4)
         vit.blocks = nn.Sequential(Block(), Block())
+        for name in ("ls1", "ls2"):  # LayerScale (DINOv2-style) on the second block
+            ls = nn.Module()
+            ls.gamma = nn.Parameter(torch.rand(dim) + 0.1)
+            setattr(vit.blocks[1], name, ls)
         fdt = FocusDistanceTransformer(FocusDistanceConfig.tiny(dim=dim, heads=heads, depth=2, mlp_ratio=2.0))
         load_vit_weights(fdt, vit)
         x, cond = torch.randn(2, 5, dim), torch.randn(2, dim)
