@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from lensblur import LensBlur
 from lensblur.scene import make_scene
 from lensblur_models import blur_monotonicity
 from lensblur_models.exif_defocus import (ExifDefocusConfig, ExifDefocusPipeline, FocusDistanceConfig,
@@ -212,6 +213,19 @@ class TestPipelineInference:
         err = lambda x, m: float(((x.detach() - img).abs() * m).sum() / m.sum())  # noqa: E731
         assert err(far.image, near) > err(out.image, near) and err(far.image, background) < err(out.image, background)
         assert all(torch.equal(a, b) for a, b in zip(before, (img, depth, exif)))
+
+    def test_render_is_lensblur_with_the_exif_camera(self, scene):
+        # per-sample focal length, f-number and sensor width from the EXIF == lensblur.LensBlur
+        img, depth = scene
+        imgs, depths = img.expand(2, -1, -1, -1), depth.expand(2, -1, -1, -1)
+        exif = torch.tensor([[85.0, 1.8, 36.0], [50.0, 2.8, 23.5]])
+        focus = torch.tensor([2.0, 4.5])
+        pipe = ExifDefocusPipeline(ExifDefocusConfig.tiny(blur_method="gather"))
+        out = pipe(exif, images=imgs, depth=depths, focus_distance_m=focus)
+        for i in range(2):
+            layer = LensBlur(method="gather", sensor_width_mm=float(exif[i, 2]))
+            ref = layer(img, depth, float(exif[i, 0]), float(exif[i, 1]), float(focus[i]))
+            assert torch.allclose(out.image[i:i + 1], ref, atol=1e-5)
 
     def test_bad_overrides_and_missing_parts(self):
         pipe = ExifDefocusPipeline(ExifDefocusConfig.tiny())
