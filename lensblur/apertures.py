@@ -182,8 +182,8 @@ class Aperture:
         if self.kind == "disk":
             return f"Aperture.disk({extra.lstrip(', ')})"
         if self.kind == "polygon":
-            return (f"Aperture.polygon(blades={self.blades}, rotation_deg={self.rotation_deg}, "
-                    f"roundness={self.roundness}{extra})")
+            return (f"Aperture.polygon(blades={self.blades}, rotation_deg={_value(self.rotation_deg):g}, "
+                    f"roundness={_value(self.roundness):g}{extra})")
         return f"Aperture.from_image(<{tuple(self.table.shape)} kernel>{extra})"
 
     # ---------------------------------------------------------------- the weight function

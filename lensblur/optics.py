@@ -6,6 +6,7 @@ is ``sensor_width_mm / image_width_px``.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Union
 
@@ -13,7 +14,7 @@ import torch
 
 from .validation import LensBlurError, check_lens_param, check_map
 
-__all__ = ["ThinLens", "disparity_coc"]
+__all__ = ["ThinLens", "disparity_coc", "chromatic_shifts"]
 
 Param = Union[float, torch.Tensor]
 
@@ -56,6 +57,9 @@ class ThinLens:
         f_number: f-number :math:`N`, > 0.
         focus_distance_m: focus distance :math:`S_1` in metres, > focal length.
         sensor_width_mm: sensor width in millimetres (36 for full frame), > 0.
+        chromatic: longitudinal chromatic aberration, the relative focal-length shift between
+            neighbouring colour channels (0 = none, the default; about 0.001-0.005 for real lenses;
+            |chromatic| < 0.2).  See :meth:`channel_coc_px`.
 
     Example:
         >>> lens = ThinLens(focal_length_mm=50.0, f_number=1.8, focus_distance_m=2.0)
@@ -64,7 +68,8 @@ class ThinLens:
     """
 
     def __init__(self, focal_length_mm: Param = 50.0, f_number: Param = 2.8,
-                 focus_distance_m: Param = 2.0, sensor_width_mm: Param = 36.0) -> None:
+                 focus_distance_m: Param = 2.0, sensor_width_mm: Param = 36.0,
+                 chromatic: Param = 0.0) -> None:
         check_lens_param(focal_length_mm, "focal_length_mm")
         check_lens_param(f_number, "f_number")
         check_lens_param(focus_distance_m, "focus_distance_m")
@@ -83,11 +88,18 @@ class ThinLens:
         self.f_number = f_number
         self.focus_distance_m = focus_distance_m
         self.sensor_width_mm = sensor_width_mm
+        self.chromatic = _check_chromatic(chromatic)
 
     def __repr__(self) -> str:
+        extra = "" if not self.has_chromatic else f", chromatic={_fmt(self.chromatic)}"
         return (f"ThinLens(focal_length_mm={_fmt(self.focal_length_mm)}, f_number={_fmt(self.f_number)}, "
                 f"focus_distance_m={_fmt(self.focus_distance_m)}, "
-                f"sensor_width_mm={_fmt(self.sensor_width_mm)})")
+                f"sensor_width_mm={_fmt(self.sensor_width_mm)}{extra})")
+
+    @property
+    def has_chromatic(self) -> bool:
+        """True when the lens has chromatic aberration (a tensor ``chromatic`` always counts)."""
+        return isinstance(self.chromatic, torch.Tensor) or self.chromatic != 0.0
 
     def coc_px(self, depth_m: Param, image_width_px: int, signed: bool = False) -> torch.Tensor:
         """Circle-of-confusion **diameter** in pixels for objects at ``depth_m`` metres.
@@ -104,21 +116,7 @@ class ThinLens:
         if isinstance(image_width_px, bool) or not isinstance(image_width_px, numbers.Integral) \
                 or image_width_px <= 0:
             raise LensBlurError(f"`image_width_px` must be a positive integer, got {image_width_px!r}")
-        if isinstance(depth_m, torch.Tensor):
-            if not depth_m.is_floating_point():
-                raise TypeError(f"`depth_m` must be a floating point tensor, got dtype {depth_m.dtype}")
-            if not bool(torch.isfinite(depth_m).all()):
-                raise LensBlurError("`depth_m` contains NaN or infinite values")
-            if not bool((depth_m > 0).all()):
-                raise LensBlurError("`depth_m` must be > 0 everywhere")
-            s2 = depth_m
-        else:
-            check_lens_param(depth_m, "depth_m")
-            ref = next((p for p in (self.focal_length_mm, self.f_number, self.focus_distance_m,
-                                    self.sensor_width_mm) if isinstance(p, torch.Tensor)), None)
-            dtype = ref.dtype if ref is not None else torch.get_default_dtype()
-            device = ref.device if ref is not None else None
-            s2 = torch.tensor(float(depth_m), dtype=dtype, device=device)
+        s2 = self._depth_tensor(depth_m)
         f = _as_broadcast(self.focal_length_mm, s2) / 1000.0
         n = _as_broadcast(self.f_number, s2)
         s1 = _as_broadcast(self.focus_distance_m, s2)
@@ -128,6 +126,102 @@ class ThinLens:
             diff = diff.abs()
         c_sensor = f * f / (n * (s1 - f)) * diff / s2
         return c_sensor / sensor * image_width_px
+
+    def channel_coc_px(self, depth_m: torch.Tensor, image_width_px: int, num_channels: int,
+                       signed: bool = False) -> torch.Tensor:
+        r"""Per-channel coc diameters in pixels with longitudinal chromatic aberration.
+
+        Channel :math:`c` sees the focal length :math:`f_c = f (1 + \chi k_c)` with
+        :math:`k = (+1, 0, -1)` for RGB (RGBA: alpha like green; one channel: 0): blue focuses
+        shorter than green, red longer.  The sensor stays where green is in focus,
+        :math:`v = f S_1 / (S_1 - f)`, and the aperture diameter is :math:`f/N`, so
+
+        .. math::
+
+            c_c = \frac{f}{N} \left(\frac{v (S_2 - f_c)}{f_c S_2} - 1\right),
+
+        which is :meth:`coc_px` for :math:`\chi = 0` and for the green channel.  Channel
+        :math:`c` is sharpest at :math:`S_2 = f_c v / (v - f_c)` (nearer than the focus distance
+        for blue, farther for red when :math:`\chi > 0`), so defocused edges get coloured fringes.
+
+        Args:
+            depth_m: ``(B, 1, H, W)`` depth in metres.
+            image_width_px: image width in pixels.
+            num_channels: number of image channels (1, 3 or 4 when ``chromatic != 0``).
+            signed: negative for the near side of each channel's own focus plane.
+
+        Returns:
+            ``(B, num_channels, H, W)`` coc diameters in pixels.
+
+        Example:
+            >>> lens = ThinLens(50.0, 2.0, 2.0, chromatic=0.002)
+            >>> c = lens.channel_coc_px(torch.full((1, 1, 1, 1), 2.0), 1000, 3)
+            >>> [round(float(v), 2) for v in c.flatten()]   # green is in focus, red/blue are not
+            [1.42, 0.0, 1.43]
+        """
+        if isinstance(image_width_px, bool) or not isinstance(image_width_px, numbers.Integral) \
+                or image_width_px <= 0:
+            raise LensBlurError(f"`image_width_px` must be a positive integer, got {image_width_px!r}")
+        if not isinstance(depth_m, torch.Tensor) or depth_m.dim() != 4 or depth_m.shape[1] != 1:
+            raise LensBlurError("`depth_m` must be a (B, 1, H, W) tensor")
+        shifts = chromatic_shifts(num_channels) if self.has_chromatic else [0.0] * num_channels
+        s2 = self._depth_tensor(depth_m)
+        f = _as_broadcast(self.focal_length_mm, s2) / 1000.0
+        n = _as_broadcast(self.f_number, s2)
+        s1 = _as_broadcast(self.focus_distance_m, s2)
+        sensor = _as_broadcast(self.sensor_width_mm, s2) / 1000.0
+        chi = _as_broadcast(self.chromatic, s2)
+        k = torch.tensor(shifts, dtype=s2.dtype, device=s2.device).view(1, -1, 1, 1)
+        f_c = f * (1.0 + chi * k)
+        v = f * s1 / (s1 - f)
+        c_sensor = f / n * (v * (s2 - f_c) / (f_c * s2) - 1.0)
+        if not signed:
+            c_sensor = c_sensor.abs()
+        return c_sensor / sensor * image_width_px
+
+    def _depth_tensor(self, depth_m: Param) -> torch.Tensor:
+        """``depth_m`` validated, as a tensor (a float takes the dtype/device of the parameters)."""
+        if isinstance(depth_m, torch.Tensor):
+            if not depth_m.is_floating_point():
+                raise TypeError(f"`depth_m` must be a floating point tensor, got dtype {depth_m.dtype}")
+            if not bool(torch.isfinite(depth_m).all()):
+                raise LensBlurError("`depth_m` contains NaN or infinite values")
+            if not bool((depth_m > 0).all()):
+                raise LensBlurError("`depth_m` must be > 0 everywhere")
+            return depth_m
+        check_lens_param(depth_m, "depth_m")
+        ref = next((p for p in (self.focal_length_mm, self.f_number, self.focus_distance_m,
+                                self.sensor_width_mm) if isinstance(p, torch.Tensor)), None)
+        dtype = ref.dtype if ref is not None else torch.get_default_dtype()
+        device = ref.device if ref is not None else None
+        return torch.tensor(float(depth_m), dtype=dtype, device=device)
+
+
+def chromatic_shifts(num_channels: int) -> list:
+    """Focal-length shift multipliers :math:`k_c` per channel: RGB ``(+1, 0, -1)``, RGBA adds 0
+    for alpha, one channel ``(0,)``."""
+    table = {1: [0.0], 3: [1.0, 0.0, -1.0], 4: [1.0, 0.0, -1.0, 0.0]}
+    if num_channels not in table:
+        raise LensBlurError("chromatic aberration needs an image with 1, 3 (RGB) or 4 (RGBA) "
+                            f"channels, got {num_channels}")
+    return table[num_channels]
+
+
+def _check_chromatic(value: Param) -> Param:
+    if isinstance(value, bool):
+        raise TypeError("`chromatic` must be a number or a tensor, got bool")
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point() or value.dim() > 1:
+            raise LensBlurError("`chromatic` must be a float, a 0-d or a (B,) floating point tensor")
+        bad = not bool(torch.isfinite(value.detach()).all()) or bool((value.detach().abs() >= 0.2).any())
+        if bad:
+            raise LensBlurError("`chromatic` must be finite with |chromatic| < 0.2")
+        return value
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"`chromatic` must be a number or a tensor, got {type(value).__name__}")
+    if not math.isfinite(value) or abs(value) >= 0.2:
+        raise LensBlurError(f"`chromatic` must be finite with |chromatic| < 0.2, got {value}")
+    return float(value)
 
 
 def _fmt(v: Param) -> str:

@@ -59,7 +59,9 @@ def render(image: torch.Tensor, depth: torch.Tensor, lens: ThinLens,
     Args:
         image: ``(B, C, H, W)`` all-in-focus image; linear radiance when ``gamma == 1``.
         depth: ``(B, 1, H, W)`` metric depth in metres, > 0.
-        lens: a :class:`~lensblur.ThinLens` (its parameters may be ``(B,)`` tensors).
+        lens: a :class:`~lensblur.ThinLens` (its parameters may be ``(B,)`` tensors; with
+            ``chromatic != 0`` every colour channel gets its own coc,
+            :meth:`ThinLens.channel_coc_px`).
         aperture: bokeh shape (``None`` = disk).
         method: ``"layered"`` (default), ``"gather"`` or ``"scatter"``.
         gamma: encoding of ``image``: it is decoded as ``image ** gamma`` to linear light, blurred,
@@ -106,18 +108,25 @@ def render(image: torch.Tensor, depth: torch.Tensor, lens: ThinLens,
     if changes:
         aperture = aperture.replace(**changes)
 
-    signed = lens.coc_px(depth.to(torch.float64 if image.dtype == torch.float64 else torch.float32),
-                         image.shape[-1], signed=True)
+    depth_acc = depth.to(torch.float64 if image.dtype == torch.float64 else torch.float32)
+    if lens.has_chromatic:       # one coc per channel: (B, C, H, W)
+        signed = lens.channel_coc_px(depth_acc, image.shape[-1], image.shape[1], signed=True)
+    else:
+        signed = lens.coc_px(depth_acc, image.shape[-1], signed=True)
     if near_scale != 1.0 or far_scale != 1.0:
         signed = torch.where(signed < 0, signed * near_scale, signed * far_scale)
 
     linear = boost_highlights(_gamma_decode(image, gamma), highlight_boost, highlight_threshold)
+    b, c, h, w = linear.shape
+    if signed.shape[1] > 1:
+        # chromatic aberration: every channel is blurred with its own coc, as its own image
+        linear, signed = linear.reshape(b * c, 1, h, w), signed.reshape(b * c, 1, h, w)
     if method == "layered":
         from .layered import render_layered
         out = render_layered(linear, signed, aperture, backend=backend, num_layers=num_layers)
     else:
         out = defocus(linear, signed.abs(), aperture, method=method, backend=backend)
-    out = _gamma_decode(out, 1.0 / gamma)
+    out = _gamma_decode(out.reshape(b, c, h, w), 1.0 / gamma)
     return out.to(image.dtype)
 
 
@@ -162,8 +171,11 @@ class LensBlur(nn.Module):
                 f"sensor_width_mm={self.sensor_width_mm}, gamma={self.gamma}, backend={self.backend!r}")
 
     def forward(self, image: torch.Tensor, depth: torch.Tensor, focal_length_mm, f_number,
-                focus_distance_m) -> torch.Tensor:
+                focus_distance_m, chromatic=0.0) -> torch.Tensor:
+        """Render ``image`` (``(B, C, H, W)``) with ``depth`` (``(B, 1, H, W)``, metres); the lens
+        parameters are floats, 0-d or ``(B,)`` tensors (see :class:`~lensblur.ThinLens`)."""
         lens = ThinLens(focal_length_mm=focal_length_mm, f_number=f_number,
-                        focus_distance_m=focus_distance_m, sensor_width_mm=self.sensor_width_mm)
+                        focus_distance_m=focus_distance_m, sensor_width_mm=self.sensor_width_mm,
+                        chromatic=chromatic)
         return render(image, depth, lens, self.aperture, self.method, self.gamma,
                       backend=self.backend, **self.controls)
