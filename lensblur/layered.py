@@ -128,16 +128,16 @@ def layer_centres(s_min: float, s_max: float, num_layers: Optional[int] = None) 
 def tent_weights(s: torch.Tensor, centres: List[float], k: int) -> torch.Tensor:
     """Piecewise-linear weight of layer ``k``: 1 at ``centres[k]``, 0 at its neighbours.
 
-    The weights of all layers sum to one for ``s`` inside ``[centres[0], centres[-1]]``.
+    The weights of all layers sum to one for ``s`` inside ``[centres[0], centres[-1]]`` (the
+    first and last layers extend flat beyond their centres).  At a centre the derivative is
+    taken as 0, the mean of the two one-sided slopes of a symmetric tent, so a pixel exactly in
+    focus gets no spurious one-sided gradient.
     """
-    w = torch.ones_like(s)
-    if k > 0:
-        lo = centres[k - 1]
-        w = torch.minimum(w, (s - lo) / (centres[k] - lo))
-    if k < len(centres) - 1:
-        hi = centres[k + 1]
-        w = torch.minimum(w, (hi - s) / (hi - centres[k]))
-    return w.clamp_min(0.0)
+    d = s - centres[k]
+    lo = centres[k] - centres[k - 1] if k > 0 else math.inf
+    hi = centres[k + 1] - centres[k] if k < len(centres) - 1 else math.inf
+    t = 1.0 - d.abs() / torch.where(d < 0, torch.full_like(s, lo), torch.full_like(s, hi))
+    return torch.where(t > 0, t, torch.zeros_like(t))
 
 
 def push_pull(premult: torch.Tensor, alpha: torch.Tensor, levels

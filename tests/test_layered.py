@@ -131,6 +131,17 @@ class TestBasics:
         depth = 0.8 + 8 * torch.rand(1, 1, H, W, generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(rend(img, depth), img, atol=1e-5, rtol=0)
 
+    def test_smooth_depth_matches_plain_scatter(self):
+        # without depth edges there is nothing to occlude: layered ~ the plain scatter blur
+        img = textured()
+        depth = (1.2 + 6.0 * torch.linspace(0, 1, H)).view(1, 1, H, 1).expand(1, 1, H, W).contiguous()
+        s = LENS.coc_px(depth, W, signed=True)
+        assert float(s.min()) < -8 and float(s.max()) > 8
+        plain = defocus(img, s.abs(), method="scatter", backend="torch")
+        diff = (rend(img, depth) - plain).abs()
+        assert float(diff.mean()) < 0.1 * float((plain - img).abs().mean())
+        assert float(diff.mean()) < 0.01
+
     def test_single_layer_equals_plain_blur(self):
         img, depth = square_scene(1.2, 10.0)
         s = LENS.coc_px(depth, W, signed=True)
@@ -192,6 +203,28 @@ class TestGradients:
 
         assert lensblur.testing.gradcheck(f, img, depth, torch.tensor(1.6, dtype=torch.float64),
                                           torch.tensor(2.0, dtype=torch.float64))
+
+    def test_focal_plane_gradient_matches_central_difference(self):
+        # pixels exactly at the focus distance sit on the kink of |coc|: the gradient must be the
+        # symmetric one (what a central difference sees), not a one-sided slope
+        g = torch.Generator().manual_seed(5)
+        img = torch.rand(1, 2, 8, 10, generator=g, dtype=torch.float64)
+        depth = torch.full((1, 1, 8, 10), 6.0, dtype=torch.float64)
+        depth[..., 2:6, 3:7] = 2.0                                  # exactly in focus
+        weights = torch.randn(1, 2, 8, 10, generator=g, dtype=torch.float64)
+
+        def loss(focus):
+            lens = ThinLens(50.0, 1.4, focus, sensor_width_mm=1.0)
+            return (rend(img, depth, lens) * weights).sum()
+
+        focus = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+        (grad,) = torch.autograd.grad(loss(focus), focus)
+        eps = 1e-6
+        with torch.no_grad():
+            central = (loss(torch.tensor(2.0 + eps, dtype=torch.float64))
+                       - loss(torch.tensor(2.0 - eps, dtype=torch.float64))) / (2 * eps)
+        assert float(grad) != 0.0
+        assert abs(float(grad) - float(central)) < 1e-4 * max(1.0, abs(float(central)))
 
     def test_gradients_reach_every_lens_parameter(self):
         img, depth = square_scene(1.2, 10.0, dtype=torch.float64)
