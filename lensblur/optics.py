@@ -59,7 +59,7 @@ class ThinLens:
         sensor_width_mm: sensor width in millimetres (36 for full frame), > 0.
         chromatic: longitudinal chromatic aberration, the relative focal-length shift between
             neighbouring colour channels (0 = none, the default; about 0.001-0.005 for real lenses;
-            |chromatic| < 0.2).  See :meth:`channel_coc_px`.
+            ``|chromatic| < 0.2``).  See :meth:`channel_coc_px`.
 
     Example:
         >>> lens = ThinLens(focal_length_mm=50.0, f_number=1.8, focus_distance_m=2.0)
