@@ -331,10 +331,12 @@ def make_tiny_diffusers_generator(path: PathLike, size: int = 32, seed: int = 0)
     return Path(path)
 
 
-def make_tiny_depth_model(path: PathLike, seed: int = 0) -> Path:
+def make_tiny_depth_model(path: PathLike, seed: int = 0, metric_max_depth_m: Optional[int] = None) -> Path:
     """Write a tiny random-initialised ``DepthAnythingForDepthEstimation`` to ``path``.
 
-    A 4-layer, 16-wide DINOv2 backbone with patch 14 and input size 14; for tests only.
+    A 4-layer, 16-wide DINOv2 backbone with patch 14 and input size 14; for tests only.  With
+    ``metric_max_depth_m`` it is a metric model (``depth_estimation_type="metric"``, outputs in
+    ``(0, metric_max_depth_m)`` metres), else a relative (disparity) one.
     """
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
@@ -342,7 +344,9 @@ def make_tiny_depth_model(path: PathLike, seed: int = 0) -> Path:
     backbone = Dinov2Config(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
                             image_size=14, patch_size=14, reshape_hidden_states=False,
                             out_features=["stage1", "stage2", "stage3", "stage4"])
+    extra = {} if metric_max_depth_m is None else {"depth_estimation_type": "metric",
+                                                      "max_depth": int(metric_max_depth_m)}
     cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16,
-                              neck_hidden_sizes=[4, 8, 8, 16], fusion_hidden_size=8, head_hidden_size=8)
+                              neck_hidden_sizes=[4, 8, 8, 16], fusion_hidden_size=8, head_hidden_size=8, **extra)
     DepthAnythingForDepthEstimation(cfg).save_pretrained(str(path))
     return Path(path)

@@ -383,6 +383,19 @@ class TestAdapters:
         with pytest.raises(ValueError, match="noise_level"):
             gen.denoise(torch.rand(1, 3, 8, 8), 1.5)
 
+    def test_metric_depth_model(self, tiny_checkpoints, tmp_path):
+        from lensblur_models.exif_defocus import TransformersDepth, make_tiny_depth_model
+
+        depth_net = TransformersDepth.from_pretrained(make_tiny_depth_model(tmp_path / "m", metric_max_depth_m=20))
+        assert depth_net.kind == "metric"
+        image = torch.rand(1, 3, 14, 28, requires_grad=True)
+        depth = depth_net(image)
+        assert depth.shape == (1, 1, 14, 28) and bool((depth > 0).all()) and bool((depth <= 20.0).all())
+        depth.sum().backward()
+        assert image.grad is not None and torch.isfinite(image.grad).all()
+        with pytest.raises(ValueError, match="kind"):
+            TransformersDepth(depth_net.model, kind="inverse")
+
     def test_local_paths_only(self, tmp_path):
         from lensblur_models.exif_defocus import DiffusersGenerator, TransformersDepth
 
