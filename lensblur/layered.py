@@ -167,53 +167,61 @@ def push_pull(premult: torch.Tensor, alpha: torch.Tensor, levels
         0.5
     """
     levels_t = torch.as_tensor(levels, device=premult.device).reshape(-1)
-    top = int(levels_t.max())
-    x = torch.cat([premult, alpha], 1)
+    up = _push(_pull(torch.cat([premult, alpha], 1), int(levels_t.max())), levels_t)
+    return up[:, :-1], up[:, -1:]
+
+
+def _pull(x: torch.Tensor, levels: int) -> List[torch.Tensor]:
+    """Pull pyramid of ``x`` (premultiplied channels, coverage last), ``levels`` levels above it."""
     pyramid = [x]
-    for _ in range(top):
+    for _ in range(levels):
         h, w = x.shape[-2:]
         if h == 1 and w == 1:
             break
         x = F.pad(x, (0, w % 2, 0, h % 2))
-        b, c, h2, w2 = x.shape
-        x = x.reshape(b, c, h2 // 2, 2, w2 // 2, 2).sum((3, 5))
+        x = x[..., 0::2, 0::2] + x[..., 1::2, 0::2] + x[..., 0::2, 1::2] + x[..., 1::2, 1::2]
         x = x / x[:, -1:].clamp_min(1.0)
         pyramid.append(x)
+    return pyramid
+
+
+def _push(pyramid: List[torch.Tensor], levels: torch.Tensor) -> torch.Tensor:
+    """Push a pull pyramid down to level 0 from level ``levels`` (``(B,)``, per sample); returns
+    what the coarser levels supply at level 0 (premultiplied channels, coverage last)."""
+    top = min(len(pyramid) - 1, int(levels.max()))
     up = None
-    for level in range(len(pyramid) - 1, 0, -1):
+    for level in range(top, 0, -1):
         cur = pyramid[level]
         if up is not None:
             cur = cur + (1.0 - cur[:, -1:]) * up
-        if levels_t.numel() > 1 and bool((levels_t < level).any()):
-            cur = cur * (levels_t >= level).to(cur.dtype).view(-1, 1, 1, 1)
+        if levels.numel() > 1 and bool((levels < level).any()):
+            cur = cur * (levels >= level).to(cur.dtype).view(-1, 1, 1, 1)
         h, w = pyramid[level - 1].shape[-2:]
         up = F.interpolate(cur, size=(h + h % 2, w + w % 2), mode="bilinear",
                            align_corners=False)[..., :h, :w]
     if up is None:
         up = torch.zeros_like(pyramid[0])
-    return up[:, :-1], up[:, -1:]
+    return up
 
 
-def _hole_fill(own: torch.Tensor, w: torch.Tensor, reach_px: torch.Tensor, max_levels: int
-               ) -> Tuple[torch.Tensor, torch.Tensor]:
+def _hole_fill(pyramid: List[torch.Tensor], reach_px: torch.Tensor, max_levels: int) -> torch.Tensor:
     """Push-pull fill of a layer reaching ``reach_px`` pixels (``(B,)``), continuous in the reach.
 
-    The pyramid depth ``l = log2(reach + 2) + 1`` is fractional: the fills of the two nearest
-    integer depths are blended, so the fill (and the render) changes continuously when the
-    blur in front of the layer changes.  The presence ``min(1, 2 A_fill)`` is full up to about
-    half the pyramid's reach and falls to zero beyond it.
+    ``pyramid`` is the layer's pull pyramid (premultiplied colour, coverage last).  The push
+    depth ``l = log2(reach + 2) + 1`` is fractional: the fills of the two nearest integer depths
+    are blended, so the fill (and the render) changes continuously when the blur in front of
+    the layer changes.  The presence ``min(1, 2 A_fill)`` is full up to about half the
+    pyramid's reach and falls to zero beyond it.  Returns premultiplied colour and presence
+    (last channel).
     """
     depth = (torch.log2(reach_px + 2.0) + 1.0).clamp(1.0, float(max_levels))
     lo = depth.detach().floor()
     frac = (depth - lo).view(-1, 1, 1, 1)
     lo = lo.long()
-    fill, fill_alpha = push_pull(own, w, lo)
+    fill = _push(pyramid, lo)
     if bool((frac > 0).any()):
-        fill2, fill_alpha2 = push_pull(own, w, (lo + 1).clamp_max(max_levels))
-        fill = fill + frac * (fill2 - fill)
-        fill_alpha = fill_alpha + frac * (fill_alpha2 - fill_alpha)
-    gain = 2.0 / (2.0 * fill_alpha).clamp_min(1.0)
-    return gain * fill, gain * fill_alpha
+        fill = fill + frac * (_push(pyramid, (lo + 1).clamp_max(max_levels)) - fill)
+    return fill * (2.0 / (2.0 * fill[:, -1:]).clamp_min(1.0))
 
 
 #: Most layers blurred in one stacked :func:`~lensblur.defocus` call (bounds the extra memory).
@@ -295,6 +303,7 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
     max_levels = max(1, int(math.floor(math.log2(max(min(H, W), 2)))))
     top_level = max(1, int(math.ceil(math.log2(max(H, W, 2)))))     # down to 1 x 1
     abs_s = s.abs()
+    full_depth = torch.tensor([top_level])
 
     # 1. each non-empty layer's content: own pixels plus the filled hidden part, and its coc field
     layers = []                       # (premultiplied colour + coverage, coc field)
@@ -306,18 +315,21 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
         h_km2, h_km1 = h_km1, h_km1 + w
         if not bool((w.detach() > 0).any()):
             continue
+        # one pull pyramid of the layer's own coc, colour and coverage serves both extensions
+        own = w * img
+        pyramid = _pull(torch.cat([w * abs_s, own, w], 1), top_level)
         # the layer's coc field: its own pixels keep their coc, the others take the coc of the
         # nearest own pixels (a push-pull extension), so the field is smooth around the content
-        ext, ext_alpha = push_pull(w * abs_s, w, top_level)
-        ext = (ext + 1e-6 * abs(centres[k])) / (ext_alpha + 1e-6)
+        ext = _push([level[:, ::C + 1] for level in pyramid], full_depth)
+        ext = (ext[:, :1] + 1e-6 * abs(centres[k])) / (ext[:, 1:] + 1e-6)
         coc = w * abs_s + (1.0 - w) * ext
-        content, alpha = w * img, w
+        content, alpha = own, w
         # partial-occlusion fill, reaching as far as the largest blur radius in front
         if bool((hidden.detach() > 0).any()):
             reach = (hidden * abs_s).reshape(B, -1).amax(1) / 2
-            fill, fill_alpha = _hole_fill(content, w, reach, max_levels)
-            content = content + hidden * fill
-            alpha = alpha + hidden * fill_alpha
+            fill = _hole_fill([level[:, 1:] for level in pyramid], reach, max_levels)
+            content = content + hidden * fill[:, :C]
+            alpha = alpha + hidden * fill[:, C:]
         layers.append((torch.cat([content, alpha], 1), coc))
 
     # 2. blur every layer (stacked along the batch when the backend bounds its loops per tile)
