@@ -44,6 +44,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (tiny networks run fastest on 1; raise it for --size >= 64)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-only", action="store_true", help="load OUT/deblurnet and OUT/bokehnet, skip training")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -52,6 +53,9 @@ def main(argv=None) -> dict:
     nets = {}
     for name, net, seed in (("deblurnet", DeblurNet(DeblurNetConfig.tiny()), args.seed),
                             ("bokehnet", BokehNet(BokehNetConfig.tiny()), args.seed + 1)):
+        if args.eval_only:
+            nets[name] = type(net).from_pretrained(args.out / name).eval()
+            continue
         if isinstance(net, BokehNet):
             net.config.max_coc_px = args.max_coc
         data = RefocusData(args.size, args.size, batch_size=args.batch_size, max_coc_px=args.max_coc, seed=seed)
@@ -66,7 +70,7 @@ def main(argv=None) -> dict:
     items = make_refocus_set(args.eval, args.size, args.size, max_coc_px=args.max_coc, seed=10_000 + args.seed)
     deblur, bokeh = nets["deblurnet"], nets["bokehnet"]
     rows = {
-        "true AIF + physical bokeh (upper bound)": dict(deblur="oracle", bokeh=PhysicalBokeh()),
+        "true AIF + physical bokeh (gather)": dict(deblur="oracle", bokeh=PhysicalBokeh()),
         "no deblur + physical bokeh": dict(deblur=None, bokeh=PhysicalBokeh()),
         "DeblurNet + physical bokeh": dict(deblur=deblur, bokeh=PhysicalBokeh()),
         "true AIF + BokehNet": dict(deblur="oracle", bokeh=bokeh),

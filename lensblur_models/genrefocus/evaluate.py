@@ -113,7 +113,8 @@ def make_refocus_set(num: int, height: int = 32, width: int = 32, max_coc_px: fl
     """A held-out refocusing set: each item is one scene shot twice with different focus.
 
     Item keys: ``input`` (``(1, 3, H, W)`` photo focused on one pixel), ``target`` (the same
-    scene, same lens, focused on ``focus_xy``), ``focus_xy`` ``(x, y)``, ``K`` (0-d, pixels per
+    scene, same lens, focused on ``focus_xy``, a pixel whose disparity differs from the first
+    focus by at least 30 % of the scene's disparity range), ``focus_xy`` ``(x, y)``, ``K`` (0-d, pixels per
     1/m), ``aperture``, ``aif``, ``disparity`` (``1 / depth``, for an oracle depth estimator).
     """
     data = RefocusData(height, width, batch_size=1, max_coc_px=max_coc_px, seed=seed, method=method,
@@ -126,7 +127,7 @@ def make_refocus_set(num: int, height: int = 32, width: int = 32, max_coc_px: fl
         aif, depth = random_scene(height, width, gen)
         aperture = random_aperture(gen)
         flat = depth.reshape(-1)
-        i0, i1 = (int(v) for v in torch.randperm(flat.numel(), generator=gen)[:2])
+        i0, i1 = _two_focus_pixels(1.0 / flat, gen)
         lens0 = _scaled_lens(depth, float(flat[i0]), max_coc_px)
         lens1 = ThinLens(lens0.focal_length_mm, lens0.f_number, float(flat[i1]))
         shot = lambda lens: lensblur.render(aif, depth, lens, aperture, method=data.method,  # noqa: E731
@@ -135,6 +136,19 @@ def make_refocus_set(num: int, height: int = 32, width: int = 32, max_coc_px: fl
                           K=blur_strength_from_lens(lens1, width).float(), aperture=aperture, aif=aif,
                           disparity=1.0 / depth))
     return items
+
+
+def _two_focus_pixels(disp: torch.Tensor, gen: torch.Generator, min_separation: float = 0.3):
+    """Two random pixel indices whose disparities differ by >= ``min_separation`` of the range.
+
+    (Otherwise both shots of a dead-leaves scene often focus on the same large background.)
+    """
+    i0 = int(torch.randint(disp.numel(), (), generator=gen))
+    span = float(disp.max() - disp.min())
+    far_enough = ((disp - disp[i0]).abs() >= min_separation * span).nonzero().flatten()
+    if span == 0 or far_enough.numel() == 0:
+        return i0, int(torch.randint(disp.numel(), (), generator=gen))
+    return i0, int(far_enough[int(torch.randint(far_enough.numel(), (), generator=gen))])
 
 
 def _scaled_lens(depth: torch.Tensor, s1: float, max_coc_px: float) -> ThinLens:

@@ -74,7 +74,7 @@ class DeblurNetConfig:
 
     @classmethod
     def tiny(cls) -> "DeblurNetConfig":
-        """A few thousand parameters: CPU tests and the example training run."""
+        """About 70 k parameters: CPU tests and the example training run."""
         return cls(patch=4, dim=32, depth=2, heads=2, mlp_ratio=2.0)
 
     @classmethod

@@ -267,6 +267,8 @@ class TestEvaluate:
         oracle = evaluate_refocus(items, deblur="oracle", bokeh=PhysicalBokeh())
         # the set and the physical pipeline agree: exact up to float rounding
         assert oracle["psnr"] > 60 and oracle["num_images"] == 2
+        # the two shots of every item are focused at clearly different depths
+        assert oracle["input_psnr"] < 40
         # refocusing the blurred input itself (no deblur) is worse than the oracle
         naive = evaluate_refocus(items, bokeh=PhysicalBokeh())
         assert naive["psnr"] < oracle["psnr"]
