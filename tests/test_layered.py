@@ -4,10 +4,12 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, strategies as st
 
 import lensblur
 from lensblur import Aperture, LensBlur, ThinLens, defocus, render
 from lensblur.layered import layer_centres, push_pull, render_layered, tent_weights
+from lensblur.testing import apertures, scenes
 
 H, W = 24, 32
 FOCUS_M = 2.0
@@ -335,6 +337,38 @@ class TestControls:
         torch.testing.assert_close(enc, manual, atol=1e-5, rtol=1e-5)
         mid = (lin > 0.1) & (lin < 0.85)
         assert mid.any() and bool((enc[mid] > lin[mid]).all())
+
+
+def small_sensor_lenses():
+    """Lenses whose blur is a few pixels on a ~10 px wide image (a 1-3 mm "sensor")."""
+    return st.builds(ThinLens, focal_length_mm=st.floats(20.0, 100.0), f_number=st.floats(1.2, 8.0),
+                     focus_distance_m=st.floats(0.8, 6.0), sensor_width_mm=st.floats(1.0, 3.0))
+
+
+class TestProperties:
+    @given(scenes(batch=st.integers(1, 2), height=st.integers(4, 9), width=st.integers(4, 10)),
+           small_sensor_lenses(), apertures())
+    def test_output_is_a_convex_combination_of_the_input(self, scene, lens, ap):
+        # every layer is a normalised blur of input pixels (and fills made of them), and the
+        # compositing weights are non-negative and normalised: outputs stay in the input's range
+        img, depth = scene
+        out = rend(img, depth, lens, aperture=ap)
+        lo = img.amin((2, 3), keepdim=True) - 1e-9
+        hi = img.amax((2, 3), keepdim=True) + 1e-9
+        assert bool(((out >= lo) & (out <= hi)).all())
+
+    @given(scenes(batch=1, height=st.integers(4, 9), width=st.integers(4, 10)), small_sensor_lenses(),
+           st.floats(-1.0, 3.0))
+    def test_constant_images_stay_constant(self, scene, lens, value):
+        _, depth = scene
+        img = torch.full((1, 2) + depth.shape[-2:], value, dtype=torch.float64)
+        torch.testing.assert_close(rend(img, depth, lens), img, atol=1e-9, rtol=1e-9)
+
+    def test_non_contiguous_input(self):
+        img, depth = square_scene(1.2, 10.0)
+        nc_img = img.transpose(2, 3).contiguous().transpose(2, 3)
+        assert not nc_img.is_contiguous()
+        torch.testing.assert_close(rend(nc_img, depth), rend(img, depth))
 
 
 class TestPieces:
