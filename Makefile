@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs bench bench-cpu install clean
+.PHONY: demo test docs gallery bench bench-cpu bench-pytest install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,11 +25,23 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# the API pages import every module: -W fails on any docstring warning.  Open docs/_build/html/index.html
 docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
+# re-render the committed gallery pictures (docs/_static/gallery/*.png) from the demo scene
+gallery: $(STAMP)
+	$(PY) docs/gallery.py
+
+# full sweep on CUDA, quick sweep on CPU; writes benchmarks/RESULTS.md and benchmarks/plots/
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+bench-cpu: $(STAMP)
+	$(PY) -m benchmarks --quick --device cpu
+
+bench-pytest: $(STAMP)
+	$(PY) -m pytest benchmarks/ --benchmark-only
 
 clean:
 	rm -rf demo_out docs/_build .pytest_cache build *.egg-info

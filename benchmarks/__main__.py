@@ -53,15 +53,18 @@ class Plan:
     sweep_size: int                   # aperture and method sweeps
     sweep_coc: float
     reference_in_memory: bool         # also measure the (slow) reference at the memory workload
+    reference_memory_cap_s: Optional[float] = None   # ... stopped after this long (a lower bound)
+    reference_memory_modes: Sequence[str] = MODES
     layered_frames: Optional[tuple] = None   # (h, w, max coc): frames per second of the layered render
 
 
 PLANS = {
-    "smoke": Plan(anchors=[(48, 5)], memory=[(64, 7)], coc_size=32, cocs=[3, 7], sizes=[24, 48],
-                  size_coc=5, sweep_size=32, sweep_coc=5, reference_in_memory=True),
+    "smoke": Plan(anchors=[(32, 5)], memory=[(64, 7)], coc_size=24, cocs=[3, 5], sizes=[16, 32],
+                  size_coc=5, sweep_size=24, sweep_coc=5, reference_in_memory=True),
     "quick": Plan(anchors=[(512, 33)], memory=[(2048, 65)], coc_size=192, cocs=[3, 9, 17, 33],
                   sizes=[64, 128, 256, 512], size_coc=9, sweep_size=192, sweep_coc=17,
-                  reference_in_memory=False),
+                  reference_in_memory=True, reference_memory_cap_s=45.0,
+                  reference_memory_modes=("fwd",)),
     "full": Plan(anchors=[(512, 33), (1024, 33), (2048, 65)], memory=[(2048, 65)], coc_size=1024,
                  cocs=[9, 17, 33, 65], sizes=[256, 512, 1024, 2048, 4096], size_coc=33,
                  sweep_size=1024, sweep_coc=33, reference_in_memory=True,
@@ -85,7 +88,8 @@ def _cases(plan: Plan, suite: str, backends: Sequence[str], device: torch.device
         return [c for n, d in plan.anchors for c in lib(n, d, baselines=("naive", "mpi"))]
     if suite == "memory":
         fast = [b for b in backends if b != "torch" or plan.reference_in_memory]
-        return [c for n, d in plan.memory for c in lib(n, d) if c.backend in fast]
+        return [c for n, d in plan.memory for c in lib(n, d) if c.backend in fast
+                and (c.backend != "torch" or c.mode in plan.reference_memory_modes)]
     if suite == "coc":
         return [c for d in plan.cocs for c in lib(plan.coc_size, d, baselines=("naive", "mpi"))]
     if suite == "size":
@@ -188,7 +192,7 @@ def _table(results: List[Result], refs: Dict[Case, Result], with_memory: bool) -
         row = (f"| {c.width}×{c.height} | {c.max_coc:g} | {c.aperture} | {c.method} | {c.backend} | "
                f"{c.mode} | {t} | {_fmt(r.mpix_per_s, '.3g')} | {_fmt(sp, '.3g') + '×' if sp else '—'} |")
         if with_memory:
-            row += f" {_fmt(r.peak_mb, '.0f')} |"
+            row += f" {'≥ ' if r.partial else ''}{_fmt(r.peak_mb, '.0f')} |"
         rows.append(row)
     return "\n".join(rows)
 
@@ -382,14 +386,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 res = refs[c]
             else:
                 mem = not args.no_memory and (s in ("anchors", "memory") or device.type == "cuda")
+                cap = plan.reference_memory_cap_s if (s == "memory" and c.backend == "torch") else None
                 try:
-                    res = measure(c, device, memory=mem)
+                    res = measure(c, device, memory=mem, cap_s=cap)
                 except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()
                     res = Result(c, note="out of memory")
                 except MemoryError:
                     res = Result(c, note="out of memory")
-            if c.backend == "torch" and not c.is_baseline and c not in refs:
+            if c.backend == "torch" and not c.is_baseline and c not in refs and not res.partial:
                 refs[c] = res
             results.append(res)
             bar.update(1)

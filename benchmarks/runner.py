@@ -96,6 +96,7 @@ class Result:
     reps: int = 0
     peak_mb: Optional[float] = None     # extra memory during the call (MiB), None = not measured
     note: str = ""                      # why a row has no number
+    partial: bool = False               # stopped at a time cap: peak_mb is a lower bound
 
     @property
     def mpix_per_s(self) -> Optional[float]:
@@ -185,7 +186,7 @@ def time_cpu(run: Callable[[], None], min_time_s: Optional[float] = None, max_re
     """Median wall time (ms) of ``run``.  The first call (or ``first_s``, the duration of a call
     already made) is a warm-up unless it alone takes longer than ``slow_s``: then it is the only
     sample, one-time costs being negligible beside it.  Repeats for at least ``min_time_s``
-    (default ``$LENSBLUR_BENCH_MIN_TIME`` or 0.5 s) and 3 calls."""
+    (default ``$LENSBLUR_BENCH_MIN_TIME`` or 0.5 s) and 3 calls (1 call when it is 0)."""
     if min_time_s is None:
         min_time_s = float(os.environ.get("LENSBLUR_BENCH_MIN_TIME", "0.5"))
     if first_s is None:
@@ -196,7 +197,8 @@ def time_cpu(run: Callable[[], None], min_time_s: Optional[float] = None, max_re
     if first > slow_s:
         return first * 1e3, 1
     times = []
-    while len(times) < max_reps and (sum(times) < min_time_s or len(times) < 3):
+    min_reps = 3 if min_time_s > 0 else 1      # --min-time 0: one timed call (smoke runs)
+    while len(times) < max_reps and (sum(times) < min_time_s or len(times) < min_reps):
         t0 = time.perf_counter()
         run()
         times.append(time.perf_counter() - t0)
@@ -208,6 +210,9 @@ def time_cuda(run: Callable[[], None], grads: list) -> Tuple[float, int]:
 
     ms = do_bench(run, warmup=25, rep=100, grad_to_none=grads or None, return_mode="median")
     return float(ms), 0
+
+
+_BASE_KIB: list = []   # RSS before the measured call, for a capped probe's early report
 
 
 def _rss_kib(key: str) -> int:
@@ -242,6 +247,7 @@ def measure_here(case: Case, device, *, memory: bool = False, time_it: bool = Tr
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         base = _rss_kib("VmRSS")
+        _BASE_KIB[:] = [base]
         t0 = time.perf_counter()
         run()
         first = time.perf_counter() - t0
@@ -253,14 +259,21 @@ def measure_here(case: Case, device, *, memory: bool = False, time_it: bool = Tr
     return res
 
 
-def measure(case: Case, device, *, memory: bool = False, timeout_s: float = 600) -> Result:
-    """Time ``case`` and, with ``memory``, measure its peak memory (CPU: in a fresh subprocess)."""
+def measure(case: Case, device, *, memory: bool = False, timeout_s: float = 600,
+            cap_s: Optional[float] = None) -> Result:
+    """Time ``case`` and, with ``memory``, measure its peak memory (CPU: in a fresh subprocess).
+
+    ``cap_s`` (CPU memory rows): stop the call after that many seconds and report the peak
+    reached so far as a lower bound (for the reference on large images, whose memory is reached
+    within its first offsets but whose run takes minutes)."""
     device = torch.device(device)
     if not memory or device.type == "cuda":
         return measure_here(case, device, memory=memory)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "benchmarks.runner", json.dumps(dataclasses.asdict(case))]
+    if cap_s is not None:
+        cmd.append(str(cap_s))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(REPO_ROOT),
                               timeout=timeout_s)
@@ -270,6 +283,9 @@ def measure(case: Case, device, *, memory: bool = False, timeout_s: float = 600)
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return Result(case, note=f"failed: {tail[:120]}")
     data = json.loads(proc.stdout.strip().splitlines()[-1])
+    if data.get("partial"):
+        return Result(case, peak_mb=data["peak_mb"], partial=True,
+                      note=f"stopped after {cap_s:g} s")
     return Result(case, ms=data["ms"], reps=data["reps"], peak_mb=data["peak_mb"])
 
 
@@ -283,14 +299,26 @@ def skip_reason(case: Case, device: torch.device, memory_limit_gb: float) -> str
         need = naive_gather_bytes((1, case.channels, case.height, case.width), case.max_coc,
                                   case.mode == "fwd+bwd") / 2 ** 30
         if need > memory_limit_gb:
-            return f"needs ~{need:.0f} GiB (> {memory_limit_gb:g} GiB limit)"
+            return f"needs ~{need:.0f} GiB (> {memory_limit_gb:.1f} GiB limit)"
     return ""
 
 
 def _probe_main(argv) -> int:
-    """Subprocess entry: measure one case with peak RSS, print one JSON line."""
+    """Subprocess entry: measure one case with peak RSS, print one JSON line.  An optional second
+    argument caps the run (seconds): then the peak so far is printed and the process ends."""
     case = Case(**json.loads(argv[0]))
     torch.manual_seed(0)
+    if len(argv) > 1:
+        import threading
+
+        def stop():
+            peak = _rss_kib("VmHWM") - _BASE_KIB[0] if _BASE_KIB else None
+            print(json.dumps({"ms": None, "reps": 0, "peak_mb": None if peak is None else peak / 1024,
+                              "partial": True}), flush=True)
+            os._exit(0)
+        timer = threading.Timer(float(argv[1]), stop)
+        timer.daemon = True
+        timer.start()
     # the naive gather's backward is memory-bound and slow: its one measured call is its timing
     res = measure_here(case, "cpu", memory=True, time_it=not (case.method == "naive" and case.mode != "fwd"))
     print(json.dumps({"ms": res.ms, "reps": res.reps, "peak_mb": res.peak_mb}))

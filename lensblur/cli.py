@@ -30,8 +30,9 @@ __all__ = ["main", "build_parser", "parse_aperture", "IMAGE_SUFFIXES", "OUTPUT_S
 
 #: Image formats ``lensblur render`` reads (sRGB, 8 bit).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-#: Output formats: 8-bit sRGB images, or ``.npy`` (float32 ``(H, W, 3)`` linear radiance).
-OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".npy")
+#: Output formats: 8-bit sRGB images, or linear radiance as ``.npy`` (float32 ``(H, W, 3)``) or
+#: ``.exr`` (float32 R, G, B; ZIP compressed).
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".npy", ".exr")
 DEPTH_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".exr")
 
 
@@ -108,11 +109,18 @@ def _write_output(path: Path, linear: torch.Tensor) -> Path:
     from .io import write_image
 
     try:
-        if path.suffix.lower() == ".npy":
+        suffix = path.suffix.lower()
+        if suffix in (".npy", ".exr"):
             import numpy as np
 
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, linear[0].detach().float().cpu().permute(1, 2, 0).numpy())
+            hwc = linear[0].detach().float().cpu().permute(1, 2, 0).numpy()
+            if suffix == ".npy":
+                np.save(path, hwc)
+            else:
+                from .exr import write_exr
+
+                write_exr(path, {"R": hwc[..., 0], "G": hwc[..., 1], "B": hwc[..., 2]})
             return path
         return write_image(path, linear)
     except OSError as exc:
@@ -335,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--disparity", action="store_true",
                    help="the depth file holds inverse depth (1/metres) instead of metres")
     g.add_argument("--out", required=True,
-                   help=f"output path ({', '.join(OUTPUT_SUFFIXES)}; .npy = float32 linear radiance)")
+                   help=f"output path ({', '.join(OUTPUT_SUFFIXES)}); .npy and .exr keep float32 "
+                        "linear radiance, the others are 8-bit sRGB")
     common(r)
     r.set_defaults(func=cmd_render)
 

@@ -2,7 +2,7 @@
 
 Colour images are 8/16-bit sRGB on disk and linear radiance in memory (kornia's sRGB transfer
 functions); depth maps are ``.npy`` (metres), 16-bit PNG (metres times ``depth_scale``), or
-``.exr`` when the ``OpenEXR``/``imageio`` readers are installed.
+scanline ``.exr`` (metres; :mod:`lensblur.exr`, no extra dependency).
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def read_depth(path: PathLike, depth_scale: float = 1.0) -> torch.Tensor:
     """Read a metric depth map as ``(1, 1, H, W)`` float32 metres.
 
     ``.npy``: values in metres (a 2-D array, or 3-D with one channel).  PNG (8/16-bit
-    greyscale): metres = value / ``depth_scale``.  ``.exr``: metres (needs ``imageio`` with an EXR
-    plugin).  Values must be finite and > 0.
+    greyscale): metres = value / ``depth_scale``.  ``.exr`` (scanline, see :mod:`lensblur.exr`):
+    metres, from the ``Z`` channel (else ``Y``, ``R``, ``depth`` or the first one).  Values must
+    be finite and > 0.
     """
     p = _existing(path, "depth")
     suffix = p.suffix.lower()
@@ -62,12 +63,13 @@ def read_depth(path: PathLike, depth_scale: float = 1.0) -> torch.Tensor:
         with Image.open(p) as im:
             arr = np.asarray(im).astype(np.float64) / float(depth_scale)
     elif suffix == ".exr":
-        try:
-            import imageio.v3 as iio
-        except ImportError as exc:
-            raise LensBlurError("reading .exr depth needs `imageio` with an EXR plugin "
-                                "(pip install imageio[freeimage]) — or save the depth as .npy") from exc
-        arr = np.asarray(iio.imread(p))
+        from .exr import read_exr
+
+        chans = read_exr(p)   # metres: the Z (or Y, R, depth) channel, else the first one
+        key = next((k for k in ("Z", "Y", "R", "depth", "D") if k in chans), None)
+        if key is None:
+            key = next((k for k in sorted(chans) if k.split(".")[-1] in ("Z", "depth")), sorted(chans)[0])
+        arr = chans[key]
     else:
         raise LensBlurError(f"unsupported depth format {suffix!r} for {p}; use .npy, .png or .exr")
     arr = np.asarray(arr, dtype=np.float64)
