@@ -232,27 +232,15 @@ def _layers_per_call(backend: str, device: torch.device) -> int:
     return 1 if resolve_backend(backend, device) == "torch" else LAYERS_PER_CALL
 
 
-def _blur_layers(layers, aperture: Aperture, method: str, backend: str) -> List[torch.Tensor]:
-    """Blur each ``(content, coc)`` pair with :func:`lensblur.defocus`.
-
-    The compiled backends bound their offset loops per tile by the tile's own largest coc, so
-    several layers are stacked along the batch dimension into one call; the PyTorch reference
-    loops over one window sized by the largest coc, so it gets one call per layer.
-    """
-    if not layers:
-        return []
-    B = layers[0][0].shape[0]
-    per_call = _layers_per_call(backend, layers[0][0].device)
-    out = []
-    for i in range(0, len(layers), per_call):
-        group = layers[i:i + per_call]
-        if len(group) == 1:
-            out.append(defocus(group[0][0], group[0][1], aperture, method=method, backend=backend))
-            continue
-        x = torch.cat([g[0] for g in group], 0)
-        c = torch.cat([g[1] for g in group], 0)
-        out.extend(defocus(x, c, aperture, method=method, backend=backend).split(B, 0))
-    return out
+def _blur_group(group, aperture: Aperture, method: str, backend: str) -> List[torch.Tensor]:
+    """Blur each ``(content, coc)`` pair of ``group`` with :func:`lensblur.defocus`, stacked
+    along the batch dimension into one call when there are several."""
+    if len(group) == 1:
+        return [defocus(group[0][0], group[0][1], aperture, method=method, backend=backend)]
+    B = group[0][0].shape[0]
+    x = torch.cat([g[0] for g in group], 0)
+    c = torch.cat([g[1] for g in group], 0)
+    return list(defocus(x, c, aperture, method=method, backend=backend).split(B, 0))
 
 
 def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Optional[Aperture] = None,
@@ -296,8 +284,8 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
     K = len(centres)
     if K == 1:
         coc = s.abs()
-        if float(coc.detach().max()) == 0.0:
-            return img.to(out_dtype)
+        if float(coc.detach().max()) == 0.0:      # all in focus: unchanged (a new tensor)
+            return img.to(out_dtype, copy=True)
         return defocus(img, coc, aperture, method=method, backend=backend).to(out_dtype)
 
     max_levels = max(1, int(math.floor(math.log2(max(min(H, W), 2)))))
@@ -305,8 +293,25 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
     abs_s = s.abs()
     full_depth = torch.tensor([top_level])
 
-    # 1. each non-empty layer's content: own pixels plus the filled hidden part, and its coc field
-    layers = []                       # (premultiplied colour + coverage, coc field)
+    # Layers are built nearest first, blurred in groups (the compiled backends bound their
+    # offset loops per tile by the tile's own largest coc, so several layers are stacked along
+    # the batch into one call; the PyTorch reference sizes one window by the largest coc, so it
+    # gets one call per layer) and composited as soon as they are blurred, which bounds the
+    # memory to one group of layers.
+    per_call = _layers_per_call(backend, img.device)
+    out = torch.zeros_like(img)
+    cov = torch.zeros_like(s)
+
+    def composite(group):
+        nonlocal out, cov
+        for layer in _blur_group(group, aperture, method, backend):
+            p_k, a_k = layer[:, :C], layer[:, C:]
+            # front to back: take what the nearer layers left, at most this layer's coverage
+            r = ((1.0 - cov) / a_k.clamp_min(1e-12)).clamp(0.0, 1.0)
+            out = out + r * p_k
+            cov = cov + r * a_k
+
+    pending = []                      # (premultiplied colour + coverage, coc field)
     h_km1 = torch.zeros_like(s)       # H_{k-1} = sum_{j <= k-1} w_j: at least one layer nearer
     h_km2 = torch.zeros_like(s)       # H_{k-2}: more than one layer nearer (occluders)
     for k in range(K):
@@ -330,18 +335,11 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
             fill = _hole_fill([level[:, 1:] for level in pyramid], reach, max_levels)
             content = content + hidden * fill[:, :C]
             alpha = alpha + hidden * fill[:, C:]
-        layers.append((torch.cat([content, alpha], 1), coc))
-
-    # 2. blur every layer (stacked along the batch when the backend bounds its loops per tile)
-    blurred = _blur_layers(layers, aperture, method, backend)
-
-    # 3. ordered front-to-back compositing
-    out = torch.zeros_like(img)
-    cov = torch.zeros_like(s)
-    for layer in blurred:
-        p_k, a_k = layer[:, :C], layer[:, C:]
-        r = ((1.0 - cov) / a_k.clamp_min(1e-12)).clamp(0.0, 1.0)
-        out = out + r * p_k
-        cov = cov + r * a_k
+        pending.append((torch.cat([content, alpha], 1), coc))
+        if len(pending) == per_call:
+            composite(pending)
+            pending = []
+    if pending:
+        composite(pending)
     out = out / cov.clamp_min(1e-6)
     return out.to(out_dtype)

@@ -144,6 +144,7 @@ class TestBasics:
         img = textured()
         out = rend(img, torch.full((1, 1, H, W), FOCUS_M))
         torch.testing.assert_close(out, img, atol=0, rtol=0)
+        assert out.data_ptr() != img.data_ptr()            # a new tensor, not the input
 
     def test_constant_image_stays_constant(self):
         img = torch.full((1, 3, H, W), 0.37)
