@@ -281,6 +281,19 @@ class TestGradients:
         assert abs(float(log_focus.detach().exp()) / true_focus - 1) < 0.02
 
 
+def test_recover_focus_example_runs(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "recover_focus.py"
+    spec = importlib.util.spec_from_file_location("recover_focus", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rc = mod.main(["--height", "16", "--width", "24", "--steps", "2", "--backend", "torch"])
+    text = capsys.readouterr().out
+    assert rc in (0, 1) and "step   2" in text and "recovered" in text
+
+
 class TestControls:
     def test_highlight_boost_raises_bokeh_peak(self):
         img = torch.full((1, 3, H, W), 0.2)
