@@ -111,6 +111,34 @@ class TestOcclusion:
         far = ring(int(math.ceil(coc / 2)) + 1, 99).expand_as(img)
         torch.testing.assert_close(out[far], img[far], atol=1e-6, rtol=0)
 
+    @staticmethod
+    def _square_coverage(coc):
+        """The ideal blurred coverage of the square: its indicator blurred by a uniform coc."""
+        ind = fg_mask().to(torch.float32)
+        return defocus(ind, torch.full((1, 1, H, W), coc), method="scatter", backend="torch")
+
+    def test_blurred_foreground_spreads_with_its_true_coverage(self):
+        # outside the square: out = A fg + (1 - A) bg exactly, A = the square's blurred coverage
+        # (a layer split that under-spreads, or a gather that over-spreads, breaks this)
+        img, depth = square_scene(1.2, FOCUS_M)
+        a = self._square_coverage(float(LENS.coc_px(torch.tensor(1.2), W)))
+        out = rend(img, depth)
+        outside = ring(1, 99).expand_as(img)
+        ideal = a * FG_COLOUR + (1 - a) * img
+        torch.testing.assert_close(out[outside], ideal[outside], atol=1e-4, rtol=0)
+        assert float(a[ring(3, 3)].mean()) > 0.1                # it does reach 3 px out
+
+    def test_blurred_foreground_over_uniform_background_is_ideal(self):
+        # with a uniform background the fill behind the square is exactly that background, so
+        # everywhere, inside the square's rim too, out = A fg + (1 - A) bg
+        bg = torch.tensor([0.0, 0.0, 0.8]).view(1, 3, 1, 1)
+        img = bg.expand(1, 3, H, W).clone()
+        img[(...,) + FG] = FG_COLOUR
+        depth = torch.full((1, 1, H, W), FOCUS_M)
+        depth[(...,) + FG] = 1.2
+        a = self._square_coverage(float(LENS.coc_px(torch.tensor(1.2), W)))
+        torch.testing.assert_close(rend(img, depth), a * FG_COLOUR + (1 - a) * bg, atol=1e-4, rtol=0)
+
     def test_partial_occlusion_shows_hidden_background(self):
         # inside the blurred square's edge the (hidden) background shows through, with the
         # colours of the background around it (the fill), not black and not the square's red
