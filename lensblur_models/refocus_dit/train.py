@@ -18,7 +18,7 @@ rank 0's weights).  Images are clipped to ``[0, 1]``, sRGB-encoded and rendered 
 ``gamma=2.2`` (blur happens in linear light); the pixel-space codec maps them to ``[-1, 1]``.
 
 A real checkpoint: ``--flux DIR`` trains LoRA adapters and the new conditioning modules of
-:class:`~.flux.FluxRefocusAdapter` on the FLUX transformer in ``DIR/transformer`` and ``--vae DIR``
+:class:`~lensblur_models.refocus_dit.flux.FluxRefocusAdapter` on the FLUX transformer in ``DIR/transformer`` and ``--vae DIR``
 moves the training into the latent space of ``DIR/vae`` (use ``--size 512`` or more, and GPUs)::
 
     torchrun --nproc_per_node 8 -m lensblur_models.refocus_dit.train --flux /models/FLUX.1-dev --vae /models/FLUX.1-dev --size 512 --batch 1 --lr 1e-4 --out runs/flux_refocus
