@@ -224,12 +224,16 @@ def _hole_fill(pyramid: List[torch.Tensor], reach_px: torch.Tensor, max_levels: 
     return fill * (2.0 / (2.0 * fill[:, -1:]).clamp_min(1.0))
 
 
-#: Most layers blurred in one stacked :func:`~lensblur.defocus` call (bounds the extra memory).
+#: Most images (layers x batch) blurred in one stacked :func:`~lensblur.defocus` call.
 LAYERS_PER_CALL = 8
 
 
-def _layers_per_call(backend: str, device: torch.device) -> int:
-    return 1 if resolve_backend(backend, device) == "torch" else LAYERS_PER_CALL
+def _layers_per_call(backend: str, device: torch.device, batch: int = 1) -> int:
+    """Layers per :func:`~lensblur.defocus` call: 1 for the PyTorch reference, else up to
+    :data:`LAYERS_PER_CALL` images (layers x batch) per call."""
+    if resolve_backend(backend, device) == "torch":
+        return 1
+    return max(1, LAYERS_PER_CALL // batch)
 
 
 def _blur_group(group, aperture: Aperture, method: str, backend: str) -> List[torch.Tensor]:
@@ -298,7 +302,7 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
     # the batch into one call; the PyTorch reference sizes one window by the largest coc, so it
     # gets one call per layer) and composited as soon as they are blurred, which bounds the
     # memory to one group of layers.
-    per_call = _layers_per_call(backend, img.device)
+    per_call = _layers_per_call(backend, img.device, B)
     out = torch.zeros_like(img)
     cov = torch.zeros_like(s)
 

@@ -222,7 +222,7 @@ class TestBasics:
     def test_stacked_layer_blur_equals_one_call_per_layer(self, monkeypatch):
         img, depth = square_scene(1.2, 10.0)
         per_layer = rend(img, depth)
-        monkeypatch.setattr(lensblur.layered, "_layers_per_call", lambda backend, device: 3)
+        monkeypatch.setattr(lensblur.layered, "_layers_per_call", lambda backend, device, batch: 3)
         torch.testing.assert_close(rend(img, depth), per_layer, atol=1e-6, rtol=1e-6)
 
     def test_module_equals_functional(self):
