@@ -67,6 +67,19 @@ class TestOcclusion:
         naive = defocus(img, LENS.coc_px(depth, W), method="scatter", backend="torch")
         assert float((naive - img).abs()[inside].max()) > 0.1
 
+    def test_demo_scene_in_focus_sphere_is_untouched(self):
+        # the demo scene focused on the near red sphere (its coc stays below 1 px) with a strongly
+        # blurred background: every pixel of the sphere, up to its silhouette, keeps its value
+        img, depth = lensblur.scene.make_scene(60, 90)
+        sphere = depth < 1.6
+        lens = ThinLens(50.0, 1.4, float(depth[sphere].min()) + 0.05, sensor_width_mm=12.0)
+        s = lens.coc_px(depth, 90, signed=True)
+        assert float(s[sphere].abs().max()) < 1.0 and float(s.max()) > 8.0
+        out = rend(img, depth, lens)
+        torch.testing.assert_close(out[sphere.expand_as(img)], img[sphere.expand_as(img)], atol=1e-4, rtol=0)
+        naive = render(img, depth, lens, method="scatter", backend="torch")
+        assert float((naive - img).abs()[sphere.expand_as(img)].max()) > 0.1
+
     def test_no_halo_around_sharp_foreground(self):
         img, depth = square_scene(FOCUS_M, 10.0)
         out = rend(img, depth)
