@@ -35,10 +35,11 @@ Notation: ``s(p)`` is the signed coc of pixel ``p``, ``I`` the linear image.
    (pull: 2x2 sums rescaled to coverage <= 1; push: bilinear upsampling fills what a level
    misses) of the layer's own premultiplied colour and coverage gives a colour :math:`F_k`
    and a presence :math:`\rho_k \in [0, 1]`, and the hidden part enters with coverage
-   :math:`H_{k-2}\rho_k` and colour :math:`F_k`.  The pyramid is only as deep as the largest
-   blur radius in front of the layer (fractional depths blend two pyramids, so the fill varies
-   continuously), hence the fill reaches exactly as far as a blurred occluder can reveal and no
-   further; it never takes the occluder's colour.  (Shares of the *same* surface in the
+   :math:`H_{k-2}\rho_k` and colour :math:`F_k`.  The pyramid is only as deep as the larger of
+   the largest blur radius in front of the layer (what a blurred occluder can reveal) and the
+   layer's own blur radius (how far its own blur gathers from behind the occluder; without it
+   a farther layer would show through next to a sharp object); fractional depths blend two
+   pyramids, so the fill varies continuously.  The fill never takes the occluder's colour.  (Shares of the *same* surface in the
    neighbouring layer are not treated as occluders: they add up instead, see 6.)
 5. **Blur.**  Colour and coverage of each layer are blurred together by
    :func:`lensblur.defocus` with ``method="scatter"`` (each source pixel spreads its own bokeh,
@@ -333,9 +334,10 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
         ext = (ext[:, :1] + 1e-6 * abs(centres[k])) / (ext[:, 1:] + 1e-6)
         coc = w * abs_s + (1.0 - w) * ext
         content, alpha = own, w
-        # partial-occlusion fill, reaching as far as the largest blur radius in front
+        # partial-occlusion fill, reaching as far as the largest blur radius in front (what a
+        # blurred occluder reveals) and as far as this layer's own blur gathers behind it
         if bool((hidden.detach() > 0).any()):
-            reach = (hidden * abs_s).reshape(B, -1).amax(1) / 2
+            reach = ((hidden * abs_s).reshape(B, -1).amax(1) / 2).clamp_min(abs(centres[k]) / 2)
             fill = _hole_fill([level[:, 1:] for level in pyramid], reach, max_levels)
             content = content + hidden * fill[:, :C]
             alpha = alpha + hidden * fill[:, C:]

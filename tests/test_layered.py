@@ -109,6 +109,22 @@ class TestOcclusion:
         naive = render(img, depth, LENS, method="gather", backend="torch")
         assert float(naive[ring(1, 3).expand_as(out)].min()) < 0.7
 
+    def test_no_halo_from_a_farther_layer(self):
+        # sharp square, a blurred bright middle layer around it and a dark, even more blurred wall
+        # below: next to the square the middle layer must stay whole (its hidden part behind the
+        # square is filled as far as its own blur reaches), so the dark wall cannot show through
+        h, w = 48, 56
+        img = torch.full((1, 3, h, w), 0.8)
+        s = torch.full((1, 1, h, w), 12.0)
+        img[..., 40:, :], s[..., 40:, :] = 0.1, 20.0
+        img[..., 12:30, 16:40], s[..., 12:30, 16:40] = 0.5, 0.0
+        out = render_layered(img, s, backend="torch")
+        around = torch.zeros(h, w, dtype=torch.bool)
+        around[10:32, 14:42] = True
+        around[12:30, 16:40] = False
+        torch.testing.assert_close(out[0, :, around], img[0, :, around], atol=0.01, rtol=0)
+        torch.testing.assert_close(out[..., 12:30, 16:40], img[..., 12:30, 16:40], atol=1e-5, rtol=0)
+
     def test_blurred_foreground_spreads_over_sharp_background(self):
         img, depth = square_scene(1.2, FOCUS_M)
         coc = float(LENS.coc_px(torch.tensor(1.2), W))
