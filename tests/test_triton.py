@@ -118,6 +118,29 @@ class TestParity:
         for method in METHODS:
             check_parity(image, 0.6 * coc, ap, method, device, what=f"3x3 table {method}")
 
+    @pytest.mark.parametrize("coc_kind", COC_KINDS)
+    def test_disk_prefix_path(self, coc_kind, device, monkeypatch):
+        """The O(radius) disk path (row prefix sums + rim taps in the gather forward, rim-only
+        coc gradient) forced on every tile, with an anamorphic squeeze."""
+        monkeypatch.setattr(tb, "PREFIX_MIN_RADIUS", 0.0)
+        image, coc = make_case((2, 3, 13, 17), coc_kind, seed=21)
+        check_parity(image, coc, lensblur.Aperture.disk(squeeze=1.3), "gather", device,
+                     what=f"prefix {coc_kind}")
+
+    def test_disk_prefix_and_tap_loop_tiles_in_one_call(self, device, monkeypatch):
+        """Tiles above the radius threshold take the prefix path, the others the tap loop; a
+        coc far larger than the frame cuts every kernel row at the border."""
+        monkeypatch.setattr(tb, "PREFIX_MIN_RADIUS", 3.0)
+        monkeypatch.setattr(tb, "TILE_INTERPRET", (4, 8, 1))
+        monkeypatch.setattr(tb, "TILE_GPU", (4, 8, 1))
+        g = torch.Generator().manual_seed(9)
+        image = torch.rand(1, 3, 8, 24, generator=g, dtype=torch.float64).float()
+        u = torch.rand(1, 1, 8, 24, generator=g, dtype=torch.float64)
+        coc = torch.where(torch.arange(24) < 12, 0.9 * u, 7.0 + 2.0 * u)
+        coc[0, 0, 6, 20] = 20.0
+        check_parity(image, coc.float(), lensblur.Aperture.disk(), "gather", device,
+                     what="prefix and tap-loop tiles")
+
     @gpu_only
     @pytest.mark.parametrize("method", METHODS)
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
@@ -290,12 +313,14 @@ _COMPILE_SCRIPT = textwrap.dedent("""
                                   options=dict(num_warps=4))
         assert compiled.asm["cubin"], kern.fn.__name__
 
-    for kind, blades, catseye, img in ((1, 5, True, "*bf16"), (2, 1, False, "*fp32")):
+    for kind, blades, catseye, prefix, img in ((1, 5, True, False, "*bf16"),
+                                                (2, 1, False, False, "*fp32"),
+                                                (0, 1, False, True, "*fp16")):
         ptr = {n: "*fp32" for n in ("coc", "tmax", "tnbr", "prm", "tab", "den_out", "gn", "s",
                                      "d_coc", "inv_z")}
-        ptr.update(img=img, out=img, d_img=img)
-        meta = dict(KIND=kind, BLADES=blades, CATSEYE=catseye, BY=16, BX=16, BLOCK_C=4,
-                    ACC=tl.float32)
+        ptr.update(img=img, out=img, d_img=img, pre="*fp64")
+        meta = dict(KIND=kind, BLADES=blades, CATSEYE=catseye, PREFIX=prefix, BY=16, BX=16,
+                    BLOCK_C=4, ACC=tl.float32)
         for kern in (tb._gather_fwd_kernel, tb._gather_bwd_kernel, tb._mass_kernel,
                      tb._scatter_fwd_kernel, tb._scatter_bwd_kernel):
             build(kern, ptr, {k: v for k, v in meta.items() if k in kern.arg_names})

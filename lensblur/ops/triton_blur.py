@@ -66,7 +66,8 @@ import torch.nn.functional as F
 from ..apertures import Aperture
 from ..validation import LensBlurError
 
-__all__ = ["defocus", "is_available", "INTERPRET", "TILE_GPU", "TILE_INTERPRET"]
+__all__ = ["defocus", "is_available", "INTERPRET", "TILE_GPU", "TILE_INTERPRET",
+           "PREFIX_MIN_RADIUS"]
 
 name = "triton"
 
@@ -94,6 +95,9 @@ TILE_GPU = (16, 16, 4)
 TILE_INTERPRET = (16, 32, 1)
 #: Channels handled together by one program (the rest loop in chunks of this size).
 MAX_BLOCK_C = 4
+#: Gather forward with a disk (no cat's eye): tiles whose largest coc *radius* is at least this
+#: many pixels use the O(radius) row-prefix-sum path (``None``: never).  Not tuned on a GPU yet.
+PREFIX_MIN_RADIUS: Optional[float] = 8.0
 
 # Layout of the per-call parameter tensor (accumulation dtype).
 _P_SQUEEZE, _P_ROUND, _P_KAPPA, _P_REACH, _P_HALF_TW, _P_HALF_TH, _P_NORMALS = 0, 1, 2, 3, 4, 5, 8
@@ -257,11 +261,100 @@ if triton is not None:
         tl.store(tnbr + b.to(tl.int64) * n_t + offs, best, mask=ok)
 
     @triton.jit
-    def _gather_fwd_kernel(img, coc, tmax, prm, tab, out, den_out, C, H, W, tab_h, tab_w,
+    def _gather_rows_direct(img_c, cm, y, x, inside, radius, vx, vy, rm, prm, tab, tab_h, tab_w,
+                            sq, rnd, kap, reach, hw1, hh1, H, W,
+                            KIND: tl.constexpr, BLADES: tl.constexpr, CATSEYE: tl.constexpr,
+                            BLOCK_C: tl.constexpr, NPIX: tl.constexpr, ACC: tl.constexpr):
+        """``(num, den)`` of the gather, one tap at a time over the tile's window."""
+        num = tl.zeros([BLOCK_C, NPIX], dtype=ACC)
+        den = tl.zeros([NPIX], dtype=ACC)
+        ky = _half_height(rm, reach, H, True)
+        for dy in range(-ky, ky + 1):
+            dyf = tl.cast(dy, ACC)
+            kx = _half_width(rm, dyf, sq, reach, W, KIND, True)
+            ys = y + dy
+            row_ok = inside & (ys >= 0) & (ys < H)
+            row_c = img_c + (ys * W)[None, :]
+            for dx in range(-kx, kx + 1):
+                dxf = tl.cast(dx, ACC)
+                xs = x + dx
+                ok = row_ok & (xs >= 0) & (xs < W)
+                w, _ = _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd,
+                               kap, hw1, hh1, KIND, BLADES, CATSEYE, False, ACC)
+                w = tl.where(ok, w, 0.0)
+                v = tl.load(row_c + xs[None, :], mask=cm & ok[None, :], other=0.0).to(ACC)
+                num += w[None, :] * v
+                den += w
+        return num, den
+
+    @triton.jit
+    def _disk_row_spans(radius, dyf, sq):
+        """Per pixel, in kernel row ``dy`` of a disk of radius ``radius``: taps with
+        ``|dx| <= a`` have weight exactly 1, taps with ``a < |dx| <= b`` form the soft rim
+        (``a = -1``: no weight-1 taps; ``b = -1``: the row is empty)."""
+        e_in = radius - 0.5
+        e_out = radius + 0.5
+        h_in = e_in * e_in - dyf * dyf
+        h_out = e_out * e_out - dyf * dyf
+        a = tl.where((e_in >= 0.0) & (h_in >= 0.0),
+                     tl.floor(tl.sqrt(tl.maximum(h_in, 0.0)) / sq).to(tl.int32), -1)
+        b = tl.where(h_out > 0.0, tl.floor(tl.sqrt(tl.maximum(h_out, 0.0)) / sq).to(tl.int32), -1)
+        return a, b
+
+    @triton.jit
+    def _gather_rows_prefix(img_c, pre_c, cm, y, x, inside, radius, rm, sq, H, W,
+                            BLOCK_C: tl.constexpr, NPIX: tl.constexpr, ACC: tl.constexpr):
+        """``(num, den)`` of the disk gather in O(radius) per pixel: per kernel row, the
+        weight-1 span is two lookups in the row prefix sums ``pre`` (float64, ``W + 1`` per
+        row) and only the rim taps are visited one by one."""
+        num = tl.zeros([BLOCK_C, NPIX], dtype=ACC)
+        den = tl.zeros([NPIX], dtype=ACC)
+        ky = _half_height(rm, 1.0, H, True)
+        e_out = radius + 0.5
+        for dy in range(-ky, ky + 1):
+            dyf = tl.cast(dy, ACC)
+            ys = y + dy
+            row_ok = inside & (ys >= 0) & (ys < H)
+            a, b = _disk_row_spans(radius, dyf, sq)
+            # the weight-1 span [x - a, x + a], cut by the frame
+            lo = tl.maximum(x - a, 0)
+            hi = tl.minimum(x + a, W - 1)
+            has = row_ok & (a >= 0) & (hi >= lo)
+            pre_row = pre_c + (ys * (W + 1))[None, :]
+            s_hi = tl.load(pre_row + (hi + 1)[None, :], mask=cm & has[None, :], other=0.0)
+            s_lo = tl.load(pre_row + lo[None, :], mask=cm & has[None, :], other=0.0)
+            num += (s_hi - s_lo).to(ACC)
+            den += tl.where(has, (hi - lo + 1).to(ACC), 0.0)
+            # the rim a < |dx| <= b, both sides, exact weights
+            row_c = img_c + (ys * W)[None, :]
+            n_rim = tl.max(tl.where(row_ok, b - a, 0), axis=0)
+            for k in range(0, n_rim):
+                dxr = a + 1 + k
+                on = row_ok & (dxr <= b)
+                ex = sq * dxr.to(ACC)
+                w = tl.minimum(tl.maximum(e_out - tl.sqrt(ex * ex + dyf * dyf), 0.0), 1.0)
+                xr = x + dxr
+                ok_r = on & (xr < W)
+                w_r = tl.where(ok_r, w, 0.0)
+                v = tl.load(row_c + xr[None, :], mask=cm & ok_r[None, :], other=0.0).to(ACC)
+                num += w_r[None, :] * v
+                xl = x - dxr
+                ok_l = on & (dxr > 0) & (xl >= 0)           # dx = 0 is counted once
+                w_l = tl.where(ok_l, w, 0.0)
+                v = tl.load(row_c + xl[None, :], mask=cm & ok_l[None, :], other=0.0).to(ACC)
+                num += w_l[None, :] * v
+                den += w_r + w_l
+        return num, den
+
+    @triton.jit
+    def _gather_fwd_kernel(img, pre, coc, tmax, prm, tab, out, den_out, C, H, W, tab_h, tab_w,
                            KIND: tl.constexpr, BLADES: tl.constexpr, CATSEYE: tl.constexpr,
-                           BY: tl.constexpr, BX: tl.constexpr, BLOCK_C: tl.constexpr,
-                           ACC: tl.constexpr):
-        """out(p) = sum_d W(d; c(p), p) valid I(p+d) / den(p),  den(p) = sum_d W valid."""
+                           PREFIX: tl.constexpr, BY: tl.constexpr, BX: tl.constexpr,
+                           BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+        """out(p) = sum_d W(d; c(p), p) valid I(p+d) / den(p),  den(p) = sum_d W valid.
+
+        ``PREFIX`` (disk without cat's eye): tiles whose largest radius reaches
+        ``prm[6]`` px use the O(radius) row-prefix-sum path, the others the tap loop."""
         pid_t, y, x, inside = _tile_coords(H, W, BY, BX)
         b = tl.program_id(1)
         hw = H * W
@@ -283,40 +376,98 @@ if triton is not None:
             vx = radius
             vy = radius
         rm = 0.5 * tl.load(tmax + b * n_t + pid_t).to(ACC)
-        ky = _half_height(rm, reach, H, True)
         chan = tl.arange(0, BLOCK_C)
         den = tl.zeros([BY * BX], dtype=ACC)
         for c0 in range(0, C, BLOCK_C):
             cm = ((c0 + chan) < C)[:, None]
-            img_c = img_b + ((c0 + chan) * hw)[:, None]
-            num = tl.zeros([BLOCK_C, BY * BX], dtype=ACC)
-            den = tl.zeros([BY * BX], dtype=ACC)
-            for dy in range(-ky, ky + 1):
-                dyf = tl.cast(dy, ACC)
-                kx = _half_width(rm, dyf, sq, reach, W, KIND, True)
-                ys = y + dy
-                row_ok = inside & (ys >= 0) & (ys < H)
-                row_c = img_c + (ys * W)[None, :]
-                for dx in range(-kx, kx + 1):
-                    dxf = tl.cast(dx, ACC)
-                    xs = x + dx
-                    ok = row_ok & (xs >= 0) & (xs < W)
-                    w, _ = _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd,
-                                   kap, hw1, hh1, KIND, BLADES, CATSEYE, False, ACC)
-                    w = tl.where(ok, w, 0.0)
-                    v = tl.load(row_c + xs[None, :], mask=cm & ok[None, :], other=0.0).to(ACC)
-                    num += w[None, :] * v
-                    den += w
+            ch_off = ((c0 + chan) * hw)[:, None]
+            img_c = img_b + ch_off
+            if PREFIX:
+                if rm >= tl.load(prm + 6).to(ACC):
+                    pre_c = pre + (b.to(tl.int64) * C + (c0 + chan)[:, None]) * (H * (W + 1))
+                    num, den = _gather_rows_prefix(img_c, pre_c, cm, y, x, inside, radius, rm,
+                                                   sq, H, W, BLOCK_C, BY * BX, ACC)
+                else:
+                    num, den = _gather_rows_direct(img_c, cm, y, x, inside, radius, vx, vy, rm,
+                                                   prm, tab, tab_h, tab_w, sq, rnd, kap, reach,
+                                                   hw1, hh1, H, W, KIND, BLADES, CATSEYE,
+                                                   BLOCK_C, BY * BX, ACC)
+            else:
+                num, den = _gather_rows_direct(img_c, cm, y, x, inside, radius, vx, vy, rm,
+                                               prm, tab, tab_h, tab_w, sq, rnd, kap, reach,
+                                               hw1, hh1, H, W, KIND, BLADES, CATSEYE,
+                                               BLOCK_C, BY * BX, ACC)
             res = num / tl.where(inside, den, 1.0)[None, :]
-            tl.store(out_b + ((c0 + chan) * hw)[:, None] + pix[None, :],
-                     res.to(out.dtype.element_ty), mask=cm & inside[None, :])
+            tl.store(out_b + ch_off + pix[None, :], res.to(out.dtype.element_ty),
+                     mask=cm & inside[None, :])
         tl.store(den_out + map_off + pix, den.to(den_out.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _gather_dcoc_direct(img_c, gnp, cm, y, x, inside, radius, vx, vy, rm, prm, tab, tab_h,
+                            tab_w, sq, rnd, kap, reach, hw1, hh1, H, W,
+                            KIND: tl.constexpr, BLADES: tl.constexpr, CATSEYE: tl.constexpr,
+                            NPIX: tl.constexpr, ACC: tl.constexpr):
+        """``(sum_d W' valid sum_ch gn(p) I(p+d),  sum_d W' valid)`` over p's own window."""
+        acc = tl.zeros([NPIX], dtype=ACC)
+        wsum = tl.zeros([NPIX], dtype=ACC)
+        ky = _half_height(rm, reach, H, True)
+        for dy in range(-ky, ky + 1):
+            dyf = tl.cast(dy, ACC)
+            kx = _half_width(rm, dyf, sq, reach, W, KIND, True)
+            ys = y + dy
+            row_ok = inside & (ys >= 0) & (ys < H)
+            row_c = img_c + (ys * W)[None, :]
+            for dx in range(-kx, kx + 1):
+                dxf = tl.cast(dx, ACC)
+                xs = x + dx
+                ok = row_ok & (xs >= 0) & (xs < W)
+                _, dw = _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd,
+                                kap, hw1, hh1, KIND, BLADES, CATSEYE, True, ACC)
+                dw = tl.where(ok, dw, 0.0)
+                v = tl.load(row_c + xs[None, :], mask=cm & ok[None, :], other=0.0).to(ACC)
+                acc += dw * tl.sum(gnp * v, axis=0)
+                wsum += dw
+        return acc, wsum
+
+    @triton.jit
+    def _gather_dcoc_rim(img_c, gnp, cm, y, x, inside, radius, rm, sq, H, W,
+                         NPIX: tl.constexpr, ACC: tl.constexpr):
+        """The same two sums for the disk, visiting only the rim (``W' = 0`` elsewhere)."""
+        acc = tl.zeros([NPIX], dtype=ACC)
+        wsum = tl.zeros([NPIX], dtype=ACC)
+        ky = _half_height(rm, 1.0, H, True)
+        e_out = radius + 0.5
+        for dy in range(-ky, ky + 1):
+            dyf = tl.cast(dy, ACC)
+            ys = y + dy
+            row_ok = inside & (ys >= 0) & (ys < H)
+            a, b = _disk_row_spans(radius, dyf, sq)
+            row_c = img_c + (ys * W)[None, :]
+            n_rim = tl.max(tl.where(row_ok, b - a, 0), axis=0)
+            for k in range(0, n_rim):
+                dxr = a + 1 + k
+                on = row_ok & (dxr <= b)
+                ex = sq * dxr.to(ACC)
+                t = e_out - tl.sqrt(ex * ex + dyf * dyf)
+                dw = tl.where(on & (t > 0.0) & (t < 1.0), 0.5, 0.0).to(ACC)
+                xr = x + dxr
+                ok_r = xr < W
+                dw_r = tl.where(ok_r, dw, 0.0)
+                v = tl.load(row_c + xr[None, :], mask=cm & (on & ok_r)[None, :], other=0.0)
+                acc += dw_r * tl.sum(gnp * v.to(ACC), axis=0)
+                xl = x - dxr
+                ok_l = (dxr > 0) & (xl >= 0)               # dx = 0 is counted once
+                dw_l = tl.where(ok_l, dw, 0.0)
+                v = tl.load(row_c + xl[None, :], mask=cm & (on & ok_l)[None, :], other=0.0)
+                acc += dw_l * tl.sum(gnp * v.to(ACC), axis=0)
+                wsum += dw_r + dw_l
+        return acc, wsum
 
     @triton.jit
     def _gather_bwd_kernel(img, coc, gn, s, tmax, tnbr, prm, tab, d_img, d_coc, C, H, W,
                            tab_h, tab_w,
                            KIND: tl.constexpr, BLADES: tl.constexpr, CATSEYE: tl.constexpr,
-                           BY: tl.constexpr, BX: tl.constexpr, BLOCK_C: tl.constexpr,
+                           PREFIX: tl.constexpr, BY: tl.constexpr, BX: tl.constexpr, BLOCK_C: tl.constexpr,
                            ACC: tl.constexpr):
         """dI(q) = sum_d W(d; c(q-d), q-d) valid gn(q-d)   (a gather over the neighbours);
         dc(p) = sum_d W'(d; c(p), p) valid [sum_ch gn(p) I(p+d) - s(p)]   (p's own window)."""
@@ -344,7 +495,6 @@ if triton is not None:
             vy = radius
         rm = 0.5 * tl.load(tmax + b * n_t + pid_t).to(ACC)
         rn = 0.5 * tl.load(tnbr + b * n_t + pid_t).to(ACC)
-        ky = _half_height(rm, reach, H, True)
         kyn = _half_height(rn, reach, H, True)
         chan = tl.arange(0, BLOCK_C)
         acc = tl.zeros([BY * BX], dtype=ACC)
@@ -355,24 +505,23 @@ if triton is not None:
             img_c = img_b + ch_off
             gn_c = gn_b + ch_off
             gnp = tl.load(gn_c + pix[None, :], mask=cm & inside[None, :], other=0.0).to(ACC)
-            wsum = tl.zeros([BY * BX], dtype=ACC)
-            # d coc: the derivative of p's own kernel over p's own window
-            for dy in range(-ky, ky + 1):
-                dyf = tl.cast(dy, ACC)
-                kx = _half_width(rm, dyf, sq, reach, W, KIND, True)
-                ys = y + dy
-                row_ok = inside & (ys >= 0) & (ys < H)
-                row_c = img_c + (ys * W)[None, :]
-                for dx in range(-kx, kx + 1):
-                    dxf = tl.cast(dx, ACC)
-                    xs = x + dx
-                    ok = row_ok & (xs >= 0) & (xs < W)
-                    _, dw = _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd,
-                                    kap, hw1, hh1, KIND, BLADES, CATSEYE, True, ACC)
-                    dw = tl.where(ok, dw, 0.0)
-                    v = tl.load(row_c + xs[None, :], mask=cm & ok[None, :], other=0.0).to(ACC)
-                    acc += dw * tl.sum(gnp * v, axis=0)
-                    wsum += dw
+            # d coc: the derivative of p's own kernel over p's own window (for the disk with
+            # ``PREFIX``, large tiles visit only the rim: W' = 0 inside it)
+            if PREFIX:
+                if rm >= tl.load(prm + 6).to(ACC):
+                    acc_c, wsum = _gather_dcoc_rim(img_c, gnp, cm, y, x, inside, radius, rm, sq,
+                                                   H, W, BY * BX, ACC)
+                else:
+                    acc_c, wsum = _gather_dcoc_direct(img_c, gnp, cm, y, x, inside, radius, vx,
+                                                      vy, rm, prm, tab, tab_h, tab_w, sq, rnd,
+                                                      kap, reach, hw1, hh1, H, W, KIND, BLADES,
+                                                      CATSEYE, BY * BX, ACC)
+            else:
+                acc_c, wsum = _gather_dcoc_direct(img_c, gnp, cm, y, x, inside, radius, vx, vy,
+                                                  rm, prm, tab, tab_h, tab_w, sq, rnd, kap,
+                                                  reach, hw1, hh1, H, W, KIND, BLADES, CATSEYE,
+                                                  BY * BX, ACC)
+            acc += acc_c
             # d image: a gather over the neighbours p = q - d with *their* kernels
             dimg = tl.zeros([BLOCK_C, BY * BX], dtype=ACC)
             for dy in range(-kyn, kyn + 1):
@@ -599,11 +748,13 @@ def _tile_config(device: torch.device) -> Tuple[int, int, int]:
 _PARAM_CACHE: dict = {}
 
 
-def _param_tensor(params: List[float], table_shape, device, acc) -> Tuple[torch.Tensor, dict]:
+def _param_tensor(params: List[float], table_shape, device, acc,
+                  prefix_min_radius: Optional[float]) -> Tuple[torch.Tensor, dict]:
     """Pack the aperture's float parameters (in the accumulation dtype) and its constexprs."""
     kind, blades = int(round(params[0])), int(round(params[1]))
     rot, rnd, sq, kap = (float(p) for p in params[2:6])
-    key = (tuple(float(p) for p in params), tuple(table_shape), str(device), acc)
+    key = (tuple(float(p) for p in params), tuple(table_shape), str(device), acc,
+           prefix_min_radius)
     hit = _PARAM_CACHE.get(key)
     if hit is not None:
         return hit
@@ -611,7 +762,9 @@ def _param_tensor(params: List[float], table_shape, device, acc) -> Tuple[torch.
         kind = 0                      # a fully round polygon is the disk (as in the reference)
     th, tw = (int(table_shape[0]) - 2, int(table_shape[1]) - 2) if kind == 2 else (1, 1)
     reach = 1.0 + 2.0 / (min(th, tw) - 1) if kind == 2 else 1.0
-    vals = [sq, rnd, kap, reach, 0.5 * (tw - 1), 0.5 * (th - 1), 0.0, 0.0]
+    prefix = kind == 0 and kap == 0.0 and prefix_min_radius is not None
+    vals = [sq, rnd, kap, reach, 0.5 * (tw - 1), 0.5 * (th - 1),
+            float(prefix_min_radius) if prefix else 0.0, 0.0]
     if kind == 1:
         scale = (1.0 - rnd) / math.cos(math.pi / blades)
         for k in range(blades):
@@ -619,7 +772,7 @@ def _param_tensor(params: List[float], table_shape, device, acc) -> Tuple[torch.
             vals += [scale * math.cos(a), scale * math.sin(a)]
     prm = torch.tensor(vals, dtype=acc, device=device)
     meta = dict(KIND=kind, BLADES=max(blades, 1) if kind == 1 else 1, CATSEYE=kap > 0.0,
-                tab_h=th, tab_w=tw)
+                PREFIX=prefix, tab_h=th, tab_w=tw)
     if len(_PARAM_CACHE) > 64:
         _PARAM_CACHE.clear()
     _PARAM_CACHE[key] = (prm, meta)
@@ -658,9 +811,11 @@ class _Launch:
         self.device = image.device
         self.by, self.bx, self.warps = _tile_config(image.device)
         self.table = table.to(device=self.device, dtype=self.acc).contiguous()
-        self.prm, meta = _param_tensor(params, self.table.shape, self.device, self.acc)
+        self.prm, meta = _param_tensor(params, self.table.shape, self.device, self.acc,
+                                       PREFIX_MIN_RADIUS)
         meta = dict(meta)
         self.tab_h, self.tab_w = meta.pop("tab_h"), meta.pop("tab_w")
+        self.prefix = meta.pop("PREFIX")
         self.meta = dict(meta, BY=self.by, BX=self.bx, ACC=_tl_acc(self.acc),
                          num_warps=self.warps)
         self.block_c = min(triton.next_power_of_2(self.C), MAX_BLOCK_C)
@@ -696,8 +851,12 @@ def forward_impl(image: torch.Tensor, coc: torch.Tensor, table: torch.Tensor,
         return out, den
     L = _Launch(image, coc, table, params)
     if method == "gather":
-        _gather_fwd_kernel[L.grid](image, coc, L.tmax, L.prm, L.table, out, den, L.C, L.H, L.W,
-                                   L.tab_h, L.tab_w, BLOCK_C=L.block_c, **L.meta)
+        # row prefix sums (float64, a zero column in front) for the O(radius) disk path
+        pre = F.pad(image.to(torch.float64).cumsum(-1), (1, 0)).contiguous() if L.prefix \
+            else image
+        _gather_fwd_kernel[L.grid](image, pre, coc, L.tmax, L.prm, L.table, out, den, L.C, L.H,
+                                   L.W, L.tab_h, L.tab_w, PREFIX=L.prefix, BLOCK_C=L.block_c,
+                                   **L.meta)
     else:
         inv_z = torch.empty(coc.shape, dtype=L.acc, device=coc.device)
         _mass_kernel[L.grid](coc, L.tmax, L.prm, L.table, inv_z, L.H, L.W, L.tab_h, L.tab_w,
@@ -722,7 +881,8 @@ def backward_impl(grad: torch.Tensor, image: torch.Tensor, coc: torch.Tensor, ta
     s = (gn * out.to(L.acc)).sum(1, keepdim=True).contiguous()
     if method == "gather":
         _gather_bwd_kernel[L.grid](image, coc, gn, s, L.tmax, L.tnbr, L.prm, L.table, d_img, d_coc,
-                                   L.C, L.H, L.W, L.tab_h, L.tab_w, BLOCK_C=L.block_c, **L.meta)
+                                   L.C, L.H, L.W, L.tab_h, L.tab_w, PREFIX=L.prefix,
+                                   BLOCK_C=L.block_c, **L.meta)
     else:
         _scatter_bwd_kernel[L.grid](image, coc, gn, s, L.tmax, L.prm, L.table, d_img, d_coc,
                                     L.C, L.H, L.W, L.tab_h, L.tab_w, BLOCK_C=L.block_c, **L.meta)
