@@ -26,6 +26,13 @@ Design
   cat's eye the norm ``n(d)`` is a per-tap scalar, so a tap costs one add and one clamp per
   pixel.  Image apertures sample their small (``(h+2) x (w+2)``) table bilinearly.  Cat's-eye
   vignetting intersects with a per-pixel shifted disk.
+* **O(radius) disk path.**  For the disk without cat's eye (any squeeze), tiles whose largest
+  coc radius is at least :data:`PREFIX_MIN_RADIUS` px evaluate the gather forward row by row:
+  the weight-1 span of each kernel row is two lookups in float64 row prefix sums of the image
+  (computed once per call, ``(B, C, H, W + 1)``), and only the one-pixel rim is visited tap by
+  tap, with exact weights.  The coc gradient of the gather needs only the rim (``W' = 0``
+  inside it), so those tiles visit only the rim there too.  Other tiles, and the terms that
+  sum over neighbours' kernels, use the tap loop.
 * **Gather backward without atomics** (gather form): ``dL/dI(q) = sum_d W(d; c(q-d), q-d)
   gn(q-d)`` is a gather over neighbours using their own kernels; ``dL/dc(p)`` is a gather over
   ``p``'s own window.  **Scatter forward as scatter-as-gather**: a pre-pass computes ``1/Z(q)``
