@@ -193,6 +193,18 @@ class TestProperties:
             b = lensblur.defocus(image, coc, method=method, backend="triton")
             torch.testing.assert_close(a, b, atol=0, rtol=0)
 
+    def test_image_table_updated_in_place_is_not_served_stale(self, device):
+        ap = lensblur.Aperture.from_image(torch.ones(5, 5))
+        image, coc = make_case((1, 1, 7, 8), "large", seed=8)
+        image, coc = image.to(device), (0.6 * coc).to(device)
+        before = lensblur.defocus(image, coc, ap, backend="triton")
+        with torch.no_grad():
+            ap.table[0, :] = 0.0                    # as an optimiser step would
+        after = lensblur.defocus(image, coc, ap, backend="triton")
+        expected = lensblur.defocus(image, coc, ap, backend="torch")
+        assert not torch.allclose(before, after)
+        torch.testing.assert_close(after, expected, atol=2e-6, rtol=2e-6)
+
     @pytest.mark.parametrize("method", METHODS)
     def test_deterministic(self, method, device):
         """No atomics anywhere (scatter is computed as scatter-as-gather, the gather's image

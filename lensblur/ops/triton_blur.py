@@ -908,12 +908,19 @@ _TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _table(aperture: Aperture, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The aperture's padded table on ``device`` (cached per aperture: no copy per call)."""
+    """The aperture's padded table on ``device`` (cached per aperture: no copy per call).
+
+    The key includes the table's version counter, so an in-place update of a learnable table
+    (e.g. by an optimiser) is never served stale."""
     per_ap = _TABLES.setdefault(aperture, {})
+    version = aperture.table._version if aperture.table is not None else 0
     key = (str(device), dtype)
-    if key not in per_ap:
-        per_ap[key] = aperture.table_padded(device=device, dtype=dtype).contiguous()
-    return per_ap[key]
+    hit = per_ap.get(key)
+    if hit is None or hit[0] != version:
+        with torch.no_grad():
+            tab = aperture.table_padded(device=device, dtype=dtype).contiguous()
+        per_ap[key] = hit = (version, tab)
+    return hit[1]
 
 
 def is_available(device) -> bool:
