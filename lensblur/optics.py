@@ -250,25 +250,8 @@ def disparity_coc(disparity: torch.Tensor, focus_disparity: Param, strength: Par
         10.0
     """
     check_map(disparity, "disparity", positive=True)
-    _check_nonneg_param(focus_disparity, "focus_disparity")
-    _check_nonneg_param(strength, "strength")
+    check_lens_param(focus_disparity, "focus_disparity", allow_zero=True)
+    check_lens_param(strength, "strength", allow_zero=True)
     fd = _as_broadcast(focus_disparity, disparity)
     k = _as_broadcast(strength, disparity)
     return k * (disparity - fd).abs()
-
-
-def _check_nonneg_param(value: Param, name: str) -> None:
-    if isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a number or a tensor, got bool")
-    if isinstance(value, torch.Tensor):
-        if not value.is_floating_point():
-            raise TypeError(f"`{name}` must be a floating point tensor, got dtype {value.dtype}")
-        if value.dim() > 1:
-            raise LensBlurError(f"`{name}` must be a 0-d or (B,) tensor, got shape {tuple(value.shape)}")
-        if not bool(torch.isfinite(value.detach()).all()) or not bool((value.detach() >= 0).all()):
-            raise LensBlurError(f"`{name}` must be finite and >= 0")
-    elif isinstance(value, numbers.Real):
-        if not (float(value) >= 0) or float(value) == float("inf"):
-            raise LensBlurError(f"`{name}` must be finite and >= 0, got {value}")
-    else:
-        raise TypeError(f"`{name}` must be a float or a tensor, got {type(value).__name__}")

@@ -87,16 +87,18 @@ def check_choice(value, name: str, choices: Iterable[str]) -> str:
     return value
 
 
-def check_lens_param(value, name: str) -> None:
-    """A lens parameter: Python number, 0-d tensor or ``(B,)`` tensor, finite and > 0."""
+def check_lens_param(value, name: str, *, allow_zero: bool = False) -> None:
+    """A lens parameter: Python number, 0-d tensor or ``(B,)`` tensor, finite and > 0
+    (>= 0 with ``allow_zero``)."""
+    bound = ">= 0" if allow_zero else "> 0"
     if isinstance(value, bool):
         raise TypeError(f"`{name}` must be a number or a tensor, got bool")
     if isinstance(value, numbers.Real):
         v = float(value)
         if v != v or v in (float("inf"), float("-inf")):
             raise LensBlurError(f"`{name}` must be finite, got {value}")
-        if v <= 0:
-            raise LensBlurError(f"`{name}` must be > 0, got {value}")
+        if v < 0 or (v == 0 and not allow_zero):
+            raise LensBlurError(f"`{name}` must be {bound}, got {value}")
         return
     if isinstance(value, torch.Tensor):
         if not value.is_floating_point():
@@ -104,9 +106,10 @@ def check_lens_param(value, name: str) -> None:
         if value.dim() > 1:
             raise LensBlurError(
                 f"`{name}` must be a 0-d or (B,) tensor, got shape {tuple(value.shape)}")
-        _check_finite(value.detach(), name)
-        if not bool((value.detach() > 0).all()):
-            raise LensBlurError(f"`{name}` must be > 0, got min {value.detach().min().item():.4g}")
+        v = value.detach()
+        _check_finite(v, name)
+        if not bool(((v >= 0) if allow_zero else (v > 0)).all()):
+            raise LensBlurError(f"`{name}` must be {bound}, got min {v.min().item():.4g}")
         return
     raise TypeError(f"`{name}` must be a float or a tensor, got {type(value).__name__}")
 

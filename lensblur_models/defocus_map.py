@@ -25,31 +25,11 @@ import torch
 
 import lensblur
 from lensblur import LensBlurError, ThinLens
+from lensblur.validation import check_lens_param
 
 __all__ = ["defocus_map", "blur_strength_from_lens", "focus_disparity_at"]
 
 Param = Union[float, torch.Tensor]
-
-
-def _check_param(value, name: str, *, positive: bool) -> None:
-    """A float, 0-d or ``(B,)`` floating tensor, finite and ``> 0`` (or ``>= 0``)."""
-    bound = "> 0" if positive else ">= 0"
-    if isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a number or a tensor, got bool")
-    if isinstance(value, torch.Tensor):
-        if not value.is_floating_point():
-            raise TypeError(f"`{name}` must be a floating point tensor, got dtype {value.dtype}")
-        if value.dim() > 1:
-            raise LensBlurError(f"`{name}` must be a float, 0-d or (B,) tensor, got shape {tuple(value.shape)}")
-        v = value.detach()
-        if not bool(torch.isfinite(v).all()) or not bool(((v > 0) if positive else (v >= 0)).all()):
-            raise LensBlurError(f"`{name}` must be finite and {bound}")
-    elif isinstance(value, numbers.Real):
-        v = float(value)
-        if not (v > 0 if positive else v >= 0) or v == float("inf"):
-            raise LensBlurError(f"`{name}` must be finite and {bound}, got {value}")
-    else:
-        raise TypeError(f"`{name}` must be a float or a tensor, got {type(value).__name__}")
 
 
 def _per_batch(value: Param, like: torch.Tensor, name: str) -> torch.Tensor:
@@ -89,7 +69,7 @@ def defocus_map(disparity: torch.Tensor, focus_disparity: Param, strength: Param
     coc = lensblur.disparity_coc(disparity, focus_disparity, strength)  # validates all three
     if max_px is None:
         return coc
-    _check_param(max_px, "max_px", positive=True)
+    check_lens_param(max_px, "max_px")
     return torch.minimum(coc, _per_batch(max_px, coc, "max_px"))
 
 
