@@ -164,6 +164,17 @@ class TestProperties:
             torch.testing.assert_close(a, b, atol=0, rtol=0)
         assert torch.equal(image, i0) and torch.equal(coc, c0)
 
+    def test_table_edited_in_place_is_not_stale(self, native):
+        ap = lensblur.Aperture.from_image(star_kernel(9))
+        image, coc = make_case((1, 1, 8, 9), "large", seed=6)
+        lensblur.defocus(image, coc, ap, backend="native")           # fills the table cache
+        with torch.no_grad():
+            ap.table.fill_(0.0)
+            ap.table[:, :2] = 1.0                                       # a different shape
+        a = lensblur.defocus(image, coc, ap, backend="native")
+        b = lensblur.defocus(image, coc, ap, backend="torch")
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
+
     def test_half_input_keeps_its_dtype(self, native):
         image, coc = make_case((1, 3, 6, 7), "large", seed=2)
         out = lensblur.defocus(image.to(torch.bfloat16), coc, backend="native")

@@ -305,11 +305,15 @@ _TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _table(aperture: Aperture, dtype: torch.dtype) -> torch.Tensor:
-    """The aperture's padded table (cached per aperture and dtype)."""
+    """The aperture's padded table (cached per aperture, dtype and version of the table tensor,
+    so an in-place edit of ``aperture.table`` is never served stale)."""
     per_ap = _TABLES.setdefault(aperture, {})
-    if dtype not in per_ap:
-        per_ap[dtype] = aperture.table_padded(device="cpu", dtype=dtype).detach().contiguous()
-    return per_ap[dtype]
+    version = aperture.table._version if aperture.table is not None else 0
+    hit = per_ap.get(dtype)
+    if hit is None or hit[0] != version:
+        hit = (version, aperture.table_padded(device="cpu", dtype=dtype).detach().contiguous())
+        per_ap[dtype] = hit
+    return hit[1]
 
 
 def defocus(image: torch.Tensor, coc: torch.Tensor, aperture: Aperture, method: str) -> torch.Tensor:
