@@ -33,6 +33,7 @@ from .validation import LensBlurError
 __all__ = ["read_exr", "write_exr", "COMPRESSIONS"]
 
 MAGIC = 20000630
+#: The lossless compressions :func:`write_exr` writes (and :func:`read_exr` reads), by name.
 COMPRESSIONS = {"none": 0, "rle": 1, "zips": 2, "zip": 3}
 _COMPRESSION_NAMES = {0: "NO", 1: "RLE", 2: "ZIPS", 3: "ZIP", 4: "PIZ", 5: "PXR24", 6: "B44",
                       7: "B44A", 8: "DWAA", 9: "DWAB"}

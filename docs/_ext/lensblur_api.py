@@ -105,18 +105,17 @@ class LensblurApi(SphinxDirective):
                 lines += [f".. auto{kind}:: {target}", "   :members:", *opts, ""]
             elif callable(obj):
                 lines += [f".. autofunction:: {target}", *opts, ""]
-            else:
+            elif _has_doc_comment(modname, name):      # ``#: ...`` above the assignment
                 if _long_value(obj):
                     opts.append("   :no-value:")
                 lines += [f".. autodata:: {target}", *opts, ""]
+            else:   # no comment: autodata would show the docstring of the value's type (dict...)
+                value = [f"   :value: {repr(obj)}"] if not _long_value(obj) else []
+                lines += [f".. py:data:: {name}", f"   :module: {modname}", *value, *opts, ""]
         container = nodes.section() if heading else nodes.container()
         nested_parse_with_titles(self.state, StringList(lines, source=self.get_source_info()[0]),
                                  container)
         return container.children
-
-
-_AUTODOC = re.compile(r"^\.\. (?:auto(?:module|class|function|exception|data|attribute)|"
-                      r"py:(?:module|class|function|exception|data))::\s*(\S+)\s*$", re.M)
 
 
 def _resolve(name: str, is_module: bool = False):
@@ -137,30 +136,50 @@ def _resolve(name: str, is_module: bool = False):
         return None
 
 
-_LENSBLUR_API = re.compile(r"^\.\. lensblur-api::\s*(\S+)\s*$", re.M)
+_DIRECTIVE = re.compile(r"^\.\. (auto(?:module|class|function|exception|data|attribute)|"
+                        r"py:(?:module|class|function|exception|data)|lensblur-api)::[ \t]*(\S+)[ \t]*\n"
+                        r"((?:[ \t]+:[^\n]*\n)*)", re.M)
 
 
 def _documented_ids(srcdir: Path) -> set:
-    """``id()`` of every object that a guide page (outside ``api/``) documents itself, whether by
-    ``autoclass`` and friends or by a ``lensblur-api`` directive, whatever name it uses."""
+    """``id()`` of every object that a guide page (outside ``api/``) documents *with an index
+    entry*, whether by ``autoclass`` and friends or by a ``lensblur-api`` directive, whatever
+    name it uses (``:no-index:`` entries and ``:skip-reexported:`` names do not count)."""
     ids = set()
     for rst in srcdir.rglob("*.rst"):
         rel = rst.relative_to(srcdir).parts
         if rel[0] in ("_build", "api"):
             continue
         text = rst.read_text(encoding="utf-8", errors="replace")
-        for m in _AUTODOC.finditer(text):
-            obj = _resolve(m.group(1), is_module=m.group(0).split("::")[0].endswith("module"))
-            if obj is not None:
-                ids.add(id(obj))
-        for m in _LENSBLUR_API.finditer(text):
+        for m in _DIRECTIVE.finditer(text):
+            kind, name, options = m.groups()
+            opts = dict((o.strip().split(":", 2)[1], o.strip().split(":", 2)[2].strip())
+                        for o in options.splitlines() if o.strip().count(":") >= 2)
+            if "no-index" in opts or "noindex" in opts:
+                continue
+            if kind != "lensblur-api":
+                obj = _resolve(name, is_module=kind.endswith("module"))
+                if obj is not None:
+                    ids.add(id(obj))
+                continue
             try:
-                mod = importlib.import_module(m.group(1))
+                mod = importlib.import_module(name)
             except Exception:
                 continue
+            skip = _exported_ids(opts["skip-reexported"]) if opts.get("skip-reexported") else set()
             ids.add(id(mod))
-            ids.update(id(getattr(mod, n)) for n in public_names(mod) if hasattr(mod, n))
+            ids.update(i for i in (id(getattr(mod, n)) for n in public_names(mod) if hasattr(mod, n))
+                       if i not in skip)
     return ids
+
+
+def _has_doc_comment(modname: str, name: str) -> bool:
+    from sphinx.pycode import ModuleAnalyzer
+
+    try:
+        return ("", name) in ModuleAnalyzer.for_module(modname).find_attr_docs()
+    except Exception:
+        return False
 
 
 def _long_value(obj) -> bool:
