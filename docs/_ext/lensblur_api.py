@@ -11,7 +11,7 @@
 
 ``.. lensblur-toctree::``
     A ``toctree`` that silently drops entries whose page does not exist yet, and with ``:rest:``
-    appends the top-level pages no other toctree lists.
+    appends the top-level pages no other toctree lists (where a ``*`` line stands, else at the end).
 
 ``.. lensblur-markdown:: PATH``
     Includes a Markdown file (such as ``benchmarks/RESULTS.md``) by converting the subset that
@@ -267,18 +267,22 @@ class LensblurToctree(TocTree):
     def run(self):
         found = self.env.found_docs
         here = self.env.docname
-        kept, listed = [], set()
+        kept, listed, slot = [], set(), None
         for entry in self.content:
             name = entry.strip()
+            if name == "*":                 # where the :rest: pages go (default: the end)
+                slot = len(kept)
+                continue
             target = re.sub(r"^.*<(.+)>$", r"\1", name)
             if not name or target in found:
                 kept.append(entry)
                 listed.add(target)
         if "rest" in self.options:
             in_trees = _docs_in_toctrees(Path(self.env.srcdir))
-            for doc in sorted(found):
-                if "/" not in doc and doc != here and doc not in listed and doc not in in_trees:
-                    kept.append(doc)
+            rest = [doc for doc in sorted(found) if "/" not in doc and doc != here
+                    and doc not in listed and doc not in in_trees]
+            slot = len(kept) if slot is None else slot
+            kept[slot:slot] = rest
         self.content = StringList(kept, source=self.get_source_info()[0])
         return super().run()
 
