@@ -128,7 +128,8 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_header(device: torch.device, argv: Sequence[str], preset: str, elapsed_s: float) -> str:
+def machine_header(device: torch.device, argv: Sequence[str], preset: str, elapsed_s: float,
+                   load_start=None, note: str = "") -> str:
     try:
         import triton
         triton_v = triton.__version__
@@ -150,9 +151,13 @@ def machine_header(device: torch.device, argv: Sequence[str], preset: str, elaps
         f"* versions: Python {platform.python_version()}, torch {torch.__version__}, triton {triton_v}",
         f"* backends timed: {', '.join(library_backends(device))}"
         + ("" if "native" in library_backends(device) else " (native C++ backend not available in this run)"),
-        f"* load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)"
+        (f"* load average (1/5/15 min) at the start: {load_start[0]:.1f} / {load_start[1]:.1f} / "
+         f"{load_start[2]:.1f}, at the end: " if load_start else "* load average at the end: ")
+        + f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
         + (" — the machine was shared with other jobs, so CPU times are noisy (± 2x); speed-ups are "
-           "within one run and hold better than absolute times" if load[1] > 0.5 * (os.cpu_count() or 1) else ""),
+           "within one run and hold better than absolute times"
+           if max(load[1], (load_start or (0, 0))[1]) > 0.5 * (os.cpu_count() or 1) else ""),
+        *([f"* note: {note}"] if note else []),
         "",
         "Timing: " + ("`triton.testing.do_bench` medians (CUDA), " if device.type == "cuda" else "")
         + "`time.perf_counter` medians of repeated calls after a warm-up on CPU (one call when it "
@@ -191,9 +196,17 @@ def _table(results: List[Result], refs: Dict[Case, Result], with_memory: bool) -
         c = r.case
         ref = refs.get(c.reference())
         sp = speedup(ref.ms if ref else None, r.ms)
-        t = _fmt(r.ms, ".4g") if r.ms is not None else f"— ({r.note})"
+        sp_text = _fmt(sp, ".3g") + "×" if sp else "—"
+        if sp is None and ref is not None and ref.ms_at_least and r.ms:   # reference stopped early
+            sp_text = f"≥ {ref.ms_at_least / r.ms:.3g}×"
+        if r.ms is not None:
+            t = _fmt(r.ms, ".4g")
+        elif r.ms_at_least:
+            t = f"> {r.ms_at_least:.4g} ({r.note})"
+        else:
+            t = f"— ({r.note})"
         row = (f"| {c.width}×{c.height} | {c.max_coc:g} | {c.aperture} | {c.method} | {c.backend} | "
-               f"{c.mode} | {t} | {_fmt(r.mpix_per_s, '.3g')} | {_fmt(sp, '.3g') + '×' if sp else '—'} |")
+               f"{c.mode} | {t} | {_fmt(r.mpix_per_s, '.3g')} | {sp_text} |")
         if with_memory:
             row += f" {'≥ ' if r.partial else ''}{_fmt(r.peak_mb, '.0f')} |"
         rows.append(row)
@@ -312,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip baseline rows estimated to need more (default: a quarter of the free memory)")
     p.add_argument("--min-time", type=float, default=None,
                    help="CPU: repeat each row for at least this many seconds (default 0.5)")
+    p.add_argument("--note", default="", help="a line of context for the report's header")
     p.add_argument("--single-pass", action="store_true",
                    help="CPU: time every row once (default: rows under 1 s are timed twice, the lower "
                         "median is kept, against bursts of load on shared machines)")
@@ -385,6 +399,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bar = tqdm(total=total, desc="benchmarking", file=sys.stderr, disable=args.no_progress or None,
                leave=False)
     t_start = time.perf_counter()
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     refs: Dict[Case, Result] = {}
     done: Dict[str, List[Result]] = {}
     for s, cases in plan_cases.items():
@@ -406,7 +421,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     res = Result(c, note="out of memory")
                 except MemoryError:
                     res = Result(c, note="out of memory")
-            if c.backend == "torch" and not c.is_baseline and c not in refs and not res.partial:
+            if c.backend == "torch" and not c.is_baseline and c not in refs:
                 refs[c] = res
             results.append(res)
             bar.update(1)
@@ -426,7 +441,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elapsed = time.perf_counter() - t_start
     if not args.no_write:
         out = Path(args.out)
-        header = machine_header(device, argv, preset, elapsed)
+        header = machine_header(device, argv, preset, elapsed, load_start, args.note)
         plots = write_report(out, header, done, refs, device)
         print(f"wrote {out}" + (f" and {len(plots)} plots in {out.parent / 'plots'}" if plots else ""))
     print(f"benchmarks took {elapsed:.0f} s", file=sys.stderr)

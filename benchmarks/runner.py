@@ -97,6 +97,7 @@ class Result:
     peak_mb: Optional[float] = None     # extra memory during the call (MiB), None = not measured
     note: str = ""                      # why a row has no number
     partial: bool = False               # stopped at a time cap: peak_mb is a lower bound
+    ms_at_least: Optional[float] = None  # partial rows: the call had run this long when stopped
 
     @property
     def mpix_per_s(self) -> Optional[float]:
@@ -212,7 +213,7 @@ def time_cuda(run: Callable[[], None], grads: list) -> Tuple[float, int]:
     return float(ms), 0
 
 
-_BASE_KIB: list = []   # RSS before the measured call, for a capped probe's early report
+_BASE_KIB: list = []   # (RSS before the measured call, its start time), for a capped probe's report
 
 
 def _rss_kib(key: str) -> int:
@@ -247,7 +248,7 @@ def measure_here(case: Case, device, *, memory: bool = False, time_it: bool = Tr
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         base = _rss_kib("VmRSS")
-        _BASE_KIB[:] = [base]
+        _BASE_KIB[:] = [base, time.perf_counter()]
         t0 = time.perf_counter()
         run()
         first = time.perf_counter() - t0
@@ -284,7 +285,7 @@ def measure(case: Case, device, *, memory: bool = False, timeout_s: float = 600,
         return Result(case, note=f"failed: {tail[:120]}")
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     if data.get("partial"):
-        return Result(case, peak_mb=data["peak_mb"], partial=True,
+        return Result(case, peak_mb=data["peak_mb"], partial=True, ms_at_least=data.get("ms_at_least"),
                       note=f"stopped after {cap_s:g} s")
     return Result(case, ms=data["ms"], reps=data["reps"], peak_mb=data["peak_mb"])
 
@@ -313,8 +314,9 @@ def _probe_main(argv) -> int:
 
         def stop():
             peak = _rss_kib("VmHWM") - _BASE_KIB[0] if _BASE_KIB else None
+            ran = (time.perf_counter() - _BASE_KIB[1]) * 1e3 if _BASE_KIB else None
             print(json.dumps({"ms": None, "reps": 0, "peak_mb": None if peak is None else peak / 1024,
-                              "partial": True}), flush=True)
+                              "partial": True, "ms_at_least": ran}), flush=True)
             os._exit(0)
         timer = threading.Timer(float(argv[1]), stop)
         timer.daemon = True
