@@ -106,7 +106,7 @@ def defocus(image: torch.Tensor, coc: torch.Tensor, aperture: Optional[Aperture]
         aperture = Aperture.disk()
     elif not isinstance(aperture, Aperture):
         raise TypeError(f"`aperture` must be a lensblur.Aperture or None, got {type(aperture).__name__}")
-    name = resolve_backend(backend, image.device)
+    name = _resolve_for(backend, image.device.type, image.device.index)
     if aperture.requires_grad and torch.is_grad_enabled():
         # Gradients w.r.t. the aperture's own tensors come from the reference, differentiated by
         # autograd (chunked and checkpointed); the compiled kernels take the shape as constants.
@@ -114,7 +114,24 @@ def defocus(image: torch.Tensor, coc: torch.Tensor, aperture: Optional[Aperture]
             _warn_aperture_fallback(name)
         from .ops.reference import defocus_autograd
         return defocus_autograd(image, coc, aperture, method)
-    return _module(name).defocus(image, coc, aperture, method)
+    return _module_for(name).defocus(image, coc, aperture, method)
+
+
+@torch.compiler.assume_constant_result
+def _resolve_for(backend: str, device_type: str, device_index) -> str:
+    """:func:`resolve_backend`, a constant for ``torch.compile`` (it imports, may build); also
+    loads the backend's module for :func:`_module_for`."""
+    name = resolve_backend(backend, torch.device(device_type, device_index))
+    _LOADED.setdefault(name, _module(name))
+    return name
+
+
+_LOADED = {}
+
+
+def _module_for(name: str) -> ModuleType:
+    """The module of a backend name resolved by :func:`_resolve_for` (no import while tracing)."""
+    return _LOADED[name]
 
 
 _WARNED_APERTURE_FALLBACK = set()

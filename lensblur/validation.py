@@ -38,7 +38,15 @@ def _check_tensor(x, name: str) -> None:
         raise TypeError(f"`{name}` must be a floating point tensor, got dtype {x.dtype}")
 
 
+def _tracing() -> bool:
+    """True while ``torch.compile`` traces: value checks (which read tensor data and would break
+    the graph) are skipped there; shapes, dtypes and devices are still checked."""
+    return torch.compiler.is_compiling()
+
+
 def _check_finite(x: torch.Tensor, name: str) -> None:
+    if _tracing():
+        return
     if not bool(torch.isfinite(x).all()):
         raise LensBlurError(f"`{name}` contains NaN or infinite values")
 
@@ -62,6 +70,8 @@ def check_map(x, name: str, *, positive: bool = False, nonnegative: bool = False
     if min(x.shape) == 0:
         raise LensBlurError(f"`{name}` must not be empty, got shape {tuple(x.shape)}")
     _check_finite(x, name)
+    if _tracing():
+        return
     if positive and not bool((x > 0).all()):
         raise LensBlurError(f"`{name}` must be > 0 everywhere (min is {x.min().item():.4g})")
     if nonnegative and not bool((x >= 0).all()):

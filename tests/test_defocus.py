@@ -213,3 +213,21 @@ class TestErrors:
     def test_not_a_tensor(self):
         with pytest.raises(TypeError, match="image"):
             defocus(self.img.numpy(), self.coc)
+
+
+@pytest.mark.skipif("native" not in lensblur.available_backends("cpu"),
+                    reason="the native backend is not built here")
+class TestCompile:
+    def test_public_defocus_compiles_without_graph_breaks(self):
+        from torch._dynamo.testing import CompileCounter
+
+        torch._dynamo.reset()
+        img, coc = torch.rand(1, 3, 12, 13), torch.rand(1, 1, 12, 13) * 5
+        ap = Aperture.polygon(6)
+        counter = CompileCounter()
+        fn = torch.compile(lambda i, c: defocus(i, c, ap, method="scatter", backend="auto"),
+                           fullgraph=True, backend=counter)
+        out = fn(img, coc)
+        assert counter.frame_count == 1
+        torch.testing.assert_close(out, defocus(img, coc, ap, method="scatter", backend="torch"),
+                                   rtol=1e-5, atol=1e-5)
