@@ -146,6 +146,7 @@ def cmd_demo(args) -> int:
         if not s > SCENE_FOCAL_LENGTH_MM / 1000:
             raise UsageError(f"--focus must be > the focal length ({SCENE_FOCAL_LENGTH_MM / 1000:g} m), got {s:g}")
     _positive("--highlight-boost", args.highlight_boost, allow_zero=True)
+    _positive("--highlight-threshold", args.highlight_threshold)
     aperture = parse_aperture(args.aperture)
     out_dir = Path(args.out)
     try:
@@ -168,7 +169,8 @@ def cmd_demo(args) -> int:
         t0 = time.perf_counter()
         with torch.no_grad():
             out = render(image, depth, lens, aperture, method=args.method, backend=args.backend,
-                         highlight_boost=args.highlight_boost)
+                         highlight_boost=args.highlight_boost,
+                         highlight_threshold=args.highlight_threshold)
         _sync(device)
         ms = (time.perf_counter() - t0) * 1e3
         name = f"focus{s:g}m_f{n:g}.png"
@@ -204,6 +206,7 @@ def cmd_render(args) -> int:
             raise UsageError(f"{what} file not found: {path}")
     _positive("--depth-scale", args.depth_scale)
     _positive("--highlight-boost", args.highlight_boost, allow_zero=True)
+    _positive("--highlight-threshold", args.highlight_threshold)
     device = _device(args.device)
     aperture = parse_aperture(args.aperture)
     lens = ThinLens(focal_length_mm=args.focal_length, f_number=args.f_number,
@@ -230,7 +233,8 @@ def cmd_render(args) -> int:
         elif step == "render":
             with torch.no_grad():
                 out = render(image.to(device), depth.to(device), lens, aperture, method=args.method,
-                             backend=args.backend, highlight_boost=args.highlight_boost)
+                             backend=args.backend, highlight_boost=args.highlight_boost,
+                             highlight_threshold=args.highlight_threshold)
             _sync(device)
         else:
             path = _write_output(out_path, out)
@@ -294,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the Python traceback of unexpected errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(sp):
+    def common(sp, threshold):
         g = sp.add_argument_group("rendering")
         g.add_argument("--method", default="layered", choices=["layered", "gather", "scatter"],
                        help="blur method; layered is occlusion aware")
@@ -305,7 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--aperture", default="polygon:6",
                        help="bokeh shape: disk | polygon:BLADES[:ROTATION_DEG[:ROUNDNESS]]")
         g.add_argument("--highlight-boost", type=float, default=0.0, metavar="B",
-                       help="amplify highlights above luminance 1 by (1 + B) before blurring")
+                       help="amplify the luminance above --highlight-threshold by (1 + B) before "
+                            "blurring, so highlights bloom into bright bokeh")
+        g.add_argument("--highlight-threshold", type=float, default=threshold, metavar="Y",
+                       help="linear luminance where the boost starts" + (
+                           " (8-bit photos clip at 1, so it must lie below 1)" if threshold < 1 else ""))
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     d = sub.add_parser("demo", formatter_class=_Formatter,
@@ -321,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="f-numbers to render")
     d.add_argument("--focus", type=float, nargs="+", default=[1.2, 2.6, 9.5], metavar="M",
                    help="focus distances in metres")
-    common(d)
+    common(d, 1.0)      # the demo scene has true radiance: its lights reach 12
     d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("render", formatter_class=_Formatter,
@@ -345,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True,
                    help=f"output path ({', '.join(OUTPUT_SUFFIXES)}); .npy and .exr keep float32 "
                         "linear radiance, the others are 8-bit sRGB")
-    common(r)
+    common(r, 0.9)
     r.set_defaults(func=cmd_render)
 
     b = sub.add_parser("bench", formatter_class=_Formatter, add_help=False,

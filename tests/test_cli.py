@@ -181,7 +181,7 @@ def test_help_reads_well_and_lists_exit_codes():
         assert word in r.stdout
     help_render = cli.build_parser()._subparsers._group_actions[0].choices["render"].format_help()
     for opt in ("--focal-length MM", "--f-number N", "--focus M", "--depth-scale", "--disparity",
-                "(default: 36.0)", ".exr"):
+                "(default: 36.0)", ".exr", "--highlight-threshold Y"):
         assert opt in help_render
 
 
