@@ -196,9 +196,9 @@ def _table(results: List[Result], refs: Dict[Case, Result], with_memory: bool) -
         c = r.case
         ref = refs.get(c.reference())
         sp = speedup(ref.ms if ref else None, r.ms)
-        sp_text = _fmt(sp, ".3g") + "×" if sp else "—"
+        sp_text = _ratio(sp) if sp else "—"
         if sp is None and ref is not None and ref.ms_at_least and r.ms:   # reference stopped early
-            sp_text = f"≥ {ref.ms_at_least / r.ms:.3g}×"
+            sp_text = "≥ " + _ratio(ref.ms_at_least / r.ms)
         if r.ms is not None:
             t = _fmt(r.ms, ".4g")
         elif r.ms_at_least:
@@ -213,27 +213,37 @@ def _table(results: List[Result], refs: Dict[Case, Result], with_memory: bool) -
     return "\n".join(rows)
 
 
+def _ratio(x: float) -> str:
+    return f"{x:,.0f}×" if x >= 100 else f"{x:.3g}×"
+
+
+BASELINE_NAMES = (("naive", "the naive full-window gather"), ("mpi", "the conv2d multi-plane blur"))
+
+
 def _beats(results: List[Result]) -> str:
-    """Sentences: which baseline each library backend beats on the anchors workload, by how much."""
-    by = {(r.case.height, r.case.width, r.case.max_coc, r.case.method, r.case.backend, r.case.mode): r
-          for r in results}
+    """Sentences: which baseline (present in ``results``) each library row beats, by how much."""
+    by = {(r.case.height, r.case.width, r.case.max_coc, r.case.aperture, r.case.method, r.case.backend,
+           r.case.mode): r for r in results}
+    present = {r.case.method for r in results if r.case.is_baseline}
     lines = []
     for r in results:
         c = r.case
         if c.is_baseline or r.ms is None:
             continue
         parts = []
-        for base, name in (("naive", "the naive full-window gather"), ("mpi", "the conv2d multi-plane blur")):
-            b = by.get((c.height, c.width, c.max_coc, base, "-", c.mode))
+        for base, name in BASELINE_NAMES:
+            if base not in present:
+                continue
+            b = by.get((c.height, c.width, c.max_coc, c.aperture, base, "-", c.mode))
             if b is None or b.ms is None:
                 parts.append(f"{name}: not measured ({b.note if b else 'absent'})")
                 continue
             ratio = b.ms / r.ms
-            verb = "beats" if ratio > 1 else "loses to"
-            parts.append(f"{verb} {name} {ratio:.3g}×" if ratio > 1 else
-                         f"{verb} {name} ({1 / ratio:.3g}× slower)")
-        lines.append(f"* {c.width}×{c.height}, max coc {c.max_coc:g}, **{c.method}/{c.backend}**, "
-                     f"{c.mode}: " + "; ".join(parts))
+            parts.append(f"beats {name} {_ratio(ratio)}" if ratio > 1 else
+                         f"loses to {name} ({_ratio(1 / ratio)} slower)")
+        if parts:
+            lines.append(f"* {c.width}×{c.height}, max coc {c.max_coc:g}, **{c.method}/{c.backend}**, "
+                         f"{c.mode}: " + "; ".join(parts))
     return "\n".join(lines)
 
 
@@ -276,6 +286,10 @@ def write_report(path: Path, header: str, suites: Dict[str, List[Result]], refs:
                       "same workload and mode, same run; the gather rows are compared with the mpi "
                       "blur as the alternative users would pick, though mpi also handles occlusion):",
                       "", _beats(results), ""]
+        if name == "method":
+            parts += ["The occlusion-aware methods side by side — the `layered` rows against the "
+                      "multi-plane conv2d blur (mpi) that MPI renderers use:", "",
+                      _beats([r for r in results if r.case.method in ("layered", "mpi")]), ""]
         for mode in MODES:
             tag = mode.replace("+", "_")
             if name == "coc":

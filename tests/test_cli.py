@@ -233,7 +233,7 @@ def test_bench_runs_the_suite_and_writes_results(tmp_path):
     assert {row[4].strip() for row in rows} == {"gather", "naive", "mpi"}
     ref = [row for row in rows if row[4:6] == [" gather ", " torch "]]
     assert len(ref) == 2 and all(row[9].strip() == "1×" for row in ref)
-    speedups = [float(row[9].strip().rstrip("×")) for row in rows]
+    speedups = [float(row[9].strip().rstrip("×").replace(",", "")) for row in rows]
     assert all(x > 0 for x in speedups)
     assert "beats" in r.stdout or "loses to" in r.stdout
     text = out.read_text()
