@@ -200,9 +200,9 @@ def _table(results: List[Result], refs: Dict[Case, Result], with_memory: bool) -
         if sp is None and ref is not None and ref.ms_at_least and r.ms:   # reference stopped early
             sp_text = "≥ " + _ratio(ref.ms_at_least / r.ms)
         if r.ms is not None:
-            t = _fmt(r.ms, ".4g")
+            t = _ms(r.ms)
         elif r.ms_at_least:
-            t = f"> {r.ms_at_least:.4g} ({r.note})"
+            t = f"> {_ms(r.ms_at_least)} ({r.note})"
         else:
             t = f"— ({r.note})"
         row = (f"| {c.width}×{c.height} | {c.max_coc:g} | {c.aperture} | {c.method} | {c.backend} | "
@@ -211,6 +211,10 @@ def _table(results: List[Result], refs: Dict[Case, Result], with_memory: bool) -
             row += f" {'≥ ' if r.partial else ''}{_fmt(r.peak_mb, '.0f')} |"
         rows.append(row)
     return "\n".join(rows)
+
+
+def _ms(x: float) -> str:
+    return f"{x:,.0f}" if x >= 1000 else f"{x:.4g}"
 
 
 def _ratio(x: float) -> str:

@@ -175,7 +175,7 @@ def test_markdown_include_converts_the_report_format():
     finally:
         sys.path.remove(str(DOCS / "_ext"))
     md = ("# Title\n\n* item with `code`s and **bold**\n\n## Section\n\n| a | b |\n|---|---:|\n"
-          "| `x` | 2× |\n\n![plot](plots/p.png)\n")
+          "| `x` | 2× |\n| - | 3 |\n\n![plot](plots/p.png)\n")
     rst = markdown_to_rst(md, "../benchmarks")
     assert "Title" not in rst                           # the page has its own title
     assert rst[rst.index("Section") + 1] == "-------"
@@ -189,3 +189,6 @@ def test_markdown_include_converts_the_report_format():
                            settings_overrides={"report_level": Reporter.WARNING_LEVEL,
                                                "halt_level": Reporter.WARNING_LEVEL})
     assert tree.astext().count("item with code") == 1
+    table = next(tree.findall(lambda n: n.tagname == "table"))
+    cells = [e.astext() for e in table.findall(lambda n: n.tagname == "entry")]
+    assert cells == ["a", "b", "x", "2×", "-", "3"]      # a lone "-" is text, not a bullet

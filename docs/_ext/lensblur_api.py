@@ -226,7 +226,10 @@ def markdown_to_rst(md: str, base: str, levels: str = "-~^") -> List[str]:
             out += [".. list-table::", "   :header-rows: 1", ""]
             for row in rows:
                 for j, cell in enumerate(row):
-                    out.append(f"   {'* -' if j == 0 else '  -'} {_inline(cell) or ' '}")
+                    text = _inline(cell)
+                    if re.fullmatch(r"[-*+]", text):      # a lone bullet character: literal
+                        text = "\\" + text
+                    out.append(f"   {'* -' if j == 0 else '  -'} {text or ' '}")
             out.append("")
         elif _IMAGE.match(line):
             alt, path = _IMAGE.match(line).groups()
