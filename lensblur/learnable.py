@@ -60,7 +60,7 @@ class LearnableAperture(nn.Module):
         >>> learn = LearnableAperture(size=9)
         >>> aperture = learn()                 # a lensblur.Aperture; gradients reach learn.logits
         >>> k = aperture.kernel(7.0)
-        >>> bool(k.requires_grad), round(float(k.sum()), 5)
+        >>> bool(k.requires_grad), round(k.sum().item(), 5)
         (True, 1.0)
     """
 
