@@ -105,7 +105,7 @@ class LearnablePolygon(nn.Module):
     Example:
         >>> poly = LearnablePolygon(blades=6, rotation_deg=10.0, roundness=0.2)
         >>> ap = poly()
-        >>> round(float(ap.rotation_deg), 3), round(float(ap.roundness), 3), ap.blades
+        >>> round(ap.rotation_deg.item(), 3), round(ap.roundness.item(), 3), ap.blades
         (10.0, 0.2, 6)
     """
 
