@@ -22,7 +22,9 @@ from typing import Callable, List, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["define_defocus_op"]
+from ..validation import LensBlurError
+
+__all__ = ["define_defocus_op", "check_op_inputs"]
 
 
 def define_defocus_op(name: str, forward_impl: Callable, backward_impl: Callable) -> Callable:
@@ -64,3 +66,14 @@ def define_defocus_op(name: str, forward_impl: Callable, backward_impl: Callable
 
     forward_op.register_autograd(backward, setup_context=setup_context)
     return forward_op
+
+
+def check_op_inputs(image: Tensor, coc: Tensor, method: str) -> None:
+    """The checks every compiled op makes itself (it may be called directly, not only through
+    :func:`lensblur.defocus`): a known method and a ``(B, 1, H, W)`` coc matching the image."""
+    if method not in ("gather", "scatter"):
+        raise LensBlurError(f"`method` must be 'gather' or 'scatter', got {method!r}")
+    if image.dim() != 4 or coc.dim() != 4 or coc.shape[1] != 1 \
+            or coc.shape[0] != image.shape[0] or coc.shape[2:] != image.shape[2:]:
+        raise LensBlurError(f"`coc` must have shape (B, 1, H, W) matching `image` "
+                            f"{tuple(image.shape)}, got {tuple(coc.shape)}")

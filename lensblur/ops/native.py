@@ -54,6 +54,7 @@ import torch
 
 from ..apertures import Aperture
 from ..validation import LensBlurError
+from ._wiring import check_op_inputs, define_defocus_op
 
 __all__ = ["defocus", "is_available", "forward_impl", "backward_impl", "load_library",
            "unavailable_reason", "source_paths"]
@@ -208,12 +209,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _check_inputs(image: torch.Tensor, coc: torch.Tensor, table: torch.Tensor,
                   params: List[float], method: str) -> None:
-    if method not in ("gather", "scatter"):
-        raise LensBlurError(f"`method` must be 'gather' or 'scatter', got {method!r}")
-    if image.dim() != 4 or coc.dim() != 4 or coc.shape[1] != 1 \
-            or coc.shape[0] != image.shape[0] or coc.shape[2:] != image.shape[2:]:
-        raise LensBlurError(f"`coc` must have shape (B, 1, H, W) matching `image` "
-                            f"{tuple(image.shape)}, got {tuple(coc.shape)}")
+    check_op_inputs(image, coc, method)
     if image.device.type != "cpu" or coc.device.type != "cpu":
         raise LensBlurError(f"the native backend takes CPU tensors, got `image` on "
                             f"{image.device.type}")
@@ -297,7 +293,6 @@ def backward_impl(grad: torch.Tensor, image: torch.Tensor, coc: torch.Tensor, ta
 # =====================================================================================
 # The operator and the backend entry point
 # =====================================================================================
-from ._wiring import define_defocus_op  # noqa: E402
 
 _OP = define_defocus_op("native", forward_impl, backward_impl)
 

@@ -72,6 +72,7 @@ import torch.nn.functional as F
 
 from ..apertures import Aperture
 from ..validation import LensBlurError
+from ._wiring import check_op_inputs, define_defocus_op
 
 __all__ = ["defocus", "is_available", "INTERPRET", "TILE_GPU", "TILE_INTERPRET",
            "PREFIX_MIN_RADIUS"]
@@ -838,19 +839,10 @@ class _Launch:
         return self._tnbr
 
 
-def _check_inputs(image: torch.Tensor, coc: torch.Tensor, method: str) -> None:
-    if method not in ("gather", "scatter"):
-        raise LensBlurError(f"`method` must be 'gather' or 'scatter', got {method!r}")
-    if image.dim() != 4 or coc.dim() != 4 or coc.shape[1] != 1 \
-            or coc.shape[0] != image.shape[0] or coc.shape[2:] != image.shape[2:]:
-        raise LensBlurError(f"`coc` must have shape (B, 1, H, W) matching `image` "
-                            f"{tuple(image.shape)}, got {tuple(coc.shape)}")
-
-
 def forward_impl(image: torch.Tensor, coc: torch.Tensor, table: torch.Tensor,
                  params: List[float], method: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """Gather or scatter forward; returns ``(out, den)`` (``out`` in image's dtype)."""
-    _check_inputs(image, coc, method)
+    check_op_inputs(image, coc, method)
     image, coc = image.contiguous(), coc.contiguous()
     out = torch.empty_like(image)
     den = torch.empty_like(coc)
@@ -877,7 +869,7 @@ def backward_impl(grad: torch.Tensor, image: torch.Tensor, coc: torch.Tensor, ta
                   params: List[float], method: str, out: torch.Tensor, den: torch.Tensor
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Exact gradients ``(dL/dimage, dL/dcoc)`` of :func:`forward_impl`."""
-    _check_inputs(image, coc, method)
+    check_op_inputs(image, coc, method)
     image, coc = image.contiguous(), coc.contiguous()
     d_img = torch.empty_like(image)
     d_coc = torch.empty_like(coc)
@@ -901,7 +893,6 @@ def backward_impl(grad: torch.Tensor, image: torch.Tensor, coc: torch.Tensor, ta
 # =====================================================================================
 _OP = None
 if triton is not None:
-    from ._wiring import define_defocus_op
     _OP = define_defocus_op("triton", forward_impl, backward_impl)
 
 _TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
