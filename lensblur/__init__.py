@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 __all__ = ["Aperture", "LensBlur", "LensBlurError", "ThinLens", "available_backends", "defocus",
            "disparity_coc", "render", "__version__"]
 
-_LAZY_SUBMODULES = ("testing", "scene", "io", "cli", "layered", "augment", "learnable", "ops")
+_LAZY_SUBMODULES = ("testing", "scene", "io", "exr", "cli", "layered", "augment", "learnable", "ops")
 
 
 def __getattr__(name):  # lazy: ``lensblur.testing`` needs hypothesis, ``lensblur.io`` Pillow
