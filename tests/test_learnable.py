@@ -122,14 +122,14 @@ class TestParametrisations:
     def test_learnable_polygon_keeps_roundness_in_range(self):
         poly = LearnablePolygon(5, 30.0, 0.4)
         ap = poly()
-        assert math.isclose(float(ap.rotation_deg), 30.0, rel_tol=1e-5)
-        assert math.isclose(float(ap.roundness), 0.4, rel_tol=1e-5)
+        assert math.isclose(ap.rotation_deg.item(), 30.0, rel_tol=1e-5)
+        assert math.isclose(ap.roundness.item(), 0.4, rel_tol=1e-5)
         with torch.no_grad():
             poly.roundness_logit.fill_(40.0)
-        assert 0.0 < float(poly().roundness) <= 1.0
+        assert 0.0 < poly().roundness.item() <= 1.0
         with torch.no_grad():
             poly.roundness_logit.fill_(-40.0)
-        assert 0.0 <= float(poly().roundness) < 1.0
+        assert 0.0 <= poly().roundness.item() < 1.0
 
     @pytest.mark.parametrize("bad", [{"size": 4}, {"size": 2}, {"size": 7, "init": torch.ones(5, 5)},
                                      {"size": 5, "init": -torch.ones(5, 5)}, {"size": 5, "init": "disk"}])
