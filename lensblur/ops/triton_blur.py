@@ -272,8 +272,10 @@ if triton is not None:
     def _gather_rows_direct(img_c, cm, y, x, inside, radius, vx, vy, rm, prm, tab, tab_h, tab_w,
                             sq, rnd, kap, reach, hw1, hh1, H, W,
                             KIND: tl.constexpr, BLADES: tl.constexpr, CATSEYE: tl.constexpr,
-                            BLOCK_C: tl.constexpr, NPIX: tl.constexpr, ACC: tl.constexpr):
-        """``(num, den)`` of the gather, one tap at a time over the tile's window."""
+                            BLOCK_C: tl.constexpr, NPIX: tl.constexpr, ACC: tl.constexpr,
+                            DERIV: tl.constexpr = False):
+        """``(num, den) = (sum_d W valid I(p+d), sum_d W valid)`` over p's own window, one tap
+        at a time; with ``DERIV`` the same sums of ``W' = dW/dc`` (the gather's coc gradient)."""
         num = tl.zeros([BLOCK_C, NPIX], dtype=ACC)
         den = tl.zeros([NPIX], dtype=ACC)
         ky = _half_height(rm, reach, H, True)
@@ -287,8 +289,10 @@ if triton is not None:
                 dxf = tl.cast(dx, ACC)
                 xs = x + dx
                 ok = row_ok & (xs >= 0) & (xs < W)
-                w, _ = _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd,
-                               kap, hw1, hh1, KIND, BLADES, CATSEYE, False, ACC)
+                w, dw = _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd,
+                                kap, hw1, hh1, KIND, BLADES, CATSEYE, DERIV, ACC)
+                if DERIV:
+                    w = dw
                 w = tl.where(ok, w, 0.0)
                 v = tl.load(row_c + xs[None, :], mask=cm & ok[None, :], other=0.0).to(ACC)
                 num += w[None, :] * v
@@ -411,33 +415,6 @@ if triton is not None:
         tl.store(den_out + map_off + pix, den.to(den_out.dtype.element_ty), mask=inside)
 
     @triton.jit
-    def _gather_dcoc_direct(img_c, gnp, cm, y, x, inside, radius, vx, vy, rm, prm, tab, tab_h,
-                            tab_w, sq, rnd, kap, reach, hw1, hh1, H, W,
-                            KIND: tl.constexpr, BLADES: tl.constexpr, CATSEYE: tl.constexpr,
-                            NPIX: tl.constexpr, ACC: tl.constexpr):
-        """``(sum_d W' valid sum_ch gn(p) I(p+d),  sum_d W' valid)`` over p's own window."""
-        acc = tl.zeros([NPIX], dtype=ACC)
-        wsum = tl.zeros([NPIX], dtype=ACC)
-        ky = _half_height(rm, reach, H, True)
-        for dy in range(-ky, ky + 1):
-            dyf = tl.cast(dy, ACC)
-            kx = _half_width(rm, dyf, sq, reach, W, KIND, True)
-            ys = y + dy
-            row_ok = inside & (ys >= 0) & (ys < H)
-            row_c = img_c + (ys * W)[None, :]
-            for dx in range(-kx, kx + 1):
-                dxf = tl.cast(dx, ACC)
-                xs = x + dx
-                ok = row_ok & (xs >= 0) & (xs < W)
-                _, dw = _weight(dxf, dyf, radius, vx, vy, prm, tab, tab_h, tab_w, sq, rnd,
-                                kap, hw1, hh1, KIND, BLADES, CATSEYE, True, ACC)
-                dw = tl.where(ok, dw, 0.0)
-                v = tl.load(row_c + xs[None, :], mask=cm & ok[None, :], other=0.0).to(ACC)
-                acc += dw * tl.sum(gnp * v, axis=0)
-                wsum += dw
-        return acc, wsum
-
-    @triton.jit
     def _gather_dcoc_rim(img_c, gnp, cm, y, x, inside, radius, rm, sq, H, W,
                          NPIX: tl.constexpr, ACC: tl.constexpr):
         """The same two sums for the disk, visiting only the rim (``W' = 0`` elsewhere)."""
@@ -520,15 +497,17 @@ if triton is not None:
                     acc_c, wsum = _gather_dcoc_rim(img_c, gnp, cm, y, x, inside, radius, rm, sq,
                                                    H, W, BY * BX, ACC)
                 else:
-                    acc_c, wsum = _gather_dcoc_direct(img_c, gnp, cm, y, x, inside, radius, vx,
-                                                      vy, rm, prm, tab, tab_h, tab_w, sq, rnd,
-                                                      kap, reach, hw1, hh1, H, W, KIND, BLADES,
-                                                      CATSEYE, BY * BX, ACC)
+                    dnum, wsum = _gather_rows_direct(img_c, cm, y, x, inside, radius, vx, vy,
+                                                     rm, prm, tab, tab_h, tab_w, sq, rnd, kap,
+                                                     reach, hw1, hh1, H, W, KIND, BLADES, CATSEYE,
+                                                     BLOCK_C, BY * BX, ACC, True)
+                    acc_c = tl.sum(gnp * dnum, axis=0)
             else:
-                acc_c, wsum = _gather_dcoc_direct(img_c, gnp, cm, y, x, inside, radius, vx, vy,
-                                                  rm, prm, tab, tab_h, tab_w, sq, rnd, kap,
-                                                  reach, hw1, hh1, H, W, KIND, BLADES, CATSEYE,
-                                                  BY * BX, ACC)
+                dnum, wsum = _gather_rows_direct(img_c, cm, y, x, inside, radius, vx, vy, rm,
+                                                 prm, tab, tab_h, tab_w, sq, rnd, kap, reach,
+                                                 hw1, hh1, H, W, KIND, BLADES, CATSEYE,
+                                                 BLOCK_C, BY * BX, ACC, True)
+                acc_c = tl.sum(gnp * dnum, axis=0)
             acc += acc_c
             # d image: a gather over the neighbours p = q - d with *their* kernels
             dimg = tl.zeros([BLOCK_C, BY * BX], dtype=ACC)
