@@ -225,6 +225,36 @@ inline void block_range(const T* R, int n, T& rmax, T& rmin) {
   }
 }
 
+// Stores acc / den of one row of a block's real channels (planes 1..C of group g); den from
+// plane 0 (read into dn when normalising and g == 0).
+template <typename T>
+inline void store_row(const Ctx<T>& k, const typename Vec<T>::type* acc, int g, T* dst, T* dn,
+                      bool normalise, int b, int y, int x0, int nb) {
+  constexpr int N = Vec<T>::N;
+  const size_t hw = static_cast<size_t>(k.H) * k.W;
+  if (g == 0 && normalise) vstore(dn, acc[0]);
+  for (int c = 0; c < G; ++c) {
+    const int ch = g + c - 1;
+    if (ch < 0 || ch >= k.C) continue;
+    alignas(64) T a[N];
+    vstore(a, acc[c]);
+    T* o = dst + (static_cast<size_t>(b) * k.C + ch) * hw + static_cast<size_t>(y) * k.W + x0;
+    if (normalise) {
+      for (int j = 0; j < nb; ++j) o[j] = a[j] / dn[j];
+    } else {
+      for (int j = 0; j < nb; ++j) o[j] = a[j];
+    }
+  }
+}
+
+// store_row for the nr rows of a BY-row block.
+template <typename T>
+inline void store_rows(const Ctx<T>& k, typename Vec<T>::type (&acc)[BY][G], int g, T* dst,
+                       T (&dn)[BY][Vec<T>::N], bool normalise, int b, int y0, int nr, int x0,
+                       int nb) {
+  for (int r = 0; r < nr; ++r) store_row(k, acc[r], g, dst, dn[r], normalise, b, y0 + r, x0, nb);
+}
+
 // ------------------------------------------------------------------ gather forward
 // General path (image tables, cat's eye): one row of blocks, weights per pixel.
 template <typename T>
@@ -261,15 +291,7 @@ void gather_fwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, T* out, T* den, i
           for (int c = 0; c < G; ++c) acc[c] += w * vload<V>(s + c * k.plane);
         }
       }
-      if (g == 0) vstore(dn, acc[0]);
-      for (int c = 0; c < G; ++c) {
-        const int ch = g + c - 1;
-        if (ch < 0 || ch >= k.C) continue;
-        alignas(64) T a[N];
-        vstore(a, acc[c]);
-        T* o = out + (static_cast<size_t>(b) * k.C + ch) * hw + static_cast<size_t>(y) * k.W + x0;
-        for (int j = 0; j < nb; ++j) o[j] = a[j] / dn[j];
-      }
+      store_row(k, acc, g, out, dn, true, b, y, x0, nb);
     }
     T* d = den + static_cast<size_t>(b) * hw + static_cast<size_t>(y) * k.W + x0;
     for (int j = 0; j < nb; ++j) d[j] = dn[j];
@@ -293,29 +315,6 @@ inline void block_range_rows(const Ctx<T>& k, const T* R, int nr, int nb, T& rma
   }
 }
 
-// Stores acc / den of the block's real channels (planes 1..C of group g); den from plane 0.
-template <typename T>
-inline void store_rows(const Ctx<T>& k, typename Vec<T>::type (&acc)[BY][G], int g, T* dst,
-                       T (&dn)[BY][Vec<T>::N], bool normalise, int b, int y0, int nr, int x0,
-                       int nb) {
-  constexpr int N = Vec<T>::N;
-  const size_t hw = static_cast<size_t>(k.H) * k.W;
-  for (int r = 0; r < nr; ++r) {
-    if (g == 0 && normalise) vstore(dn[r], acc[r][0]);
-    for (int c = 0; c < G; ++c) {
-      const int ch = g + c - 1;
-      if (ch < 0 || ch >= k.C) continue;
-      alignas(64) T a[N];
-      vstore(a, acc[r][c]);
-      T* o = dst + (static_cast<size_t>(b) * k.C + ch) * hw + static_cast<size_t>(y0 + r) * k.W + x0;
-      if (normalise) {
-        for (int j = 0; j < nb; ++j) o[j] = a[j] / dn[r][j];
-      } else {
-        for (int j = 0; j < nb; ++j) o[j] = a[j];
-      }
-    }
-  }
-}
 
 template <typename T>
 void gather_fwd_fast(const Ctx<T>& k, const T* Rp, const T* Ip, T* out, T* den, int b, int y0) {
@@ -642,15 +641,7 @@ void scatter_fwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* izp, T*
           for (int c = 0; c < G; ++c) acc[c] += a * vload<V>(pl + q + c * k.plane);
         }
       }
-      if (g == 0) vstore(dn, acc[0]);
-      for (int c = 0; c < G; ++c) {
-        const int ch = g + c - 1;
-        if (ch < 0 || ch >= k.C) continue;
-        alignas(64) T a[N];
-        vstore(a, acc[c]);
-        T* o = out + (static_cast<size_t>(b) * k.C + ch) * hw + static_cast<size_t>(y) * k.W + x0;
-        for (int j = 0; j < nb; ++j) o[j] = a[j] / dn[j];
-      }
+      store_row(k, acc, g, out, dn, true, b, y, x0, nb);
     }
     T* d = den + static_cast<size_t>(b) * hw + static_cast<size_t>(y) * k.W + x0;
     for (int j = 0; j < nb; ++j) d[j] = dn[j];
