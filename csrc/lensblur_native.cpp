@@ -400,14 +400,17 @@ inline void neighbour_sums_fast(const Ctx<T>& k, const T* Rb, const T* Zb, const
   }
 }
 
-template <typename T>
-void scatter_fwd_fast(const Ctx<T>& k, const T* Rp, const T* Ip, const T* izp, T* out, T* den,
-                      int b, int y0) {
+// Sums over the neighbours' own kernels (sources q = p - d) for a BY x N block, stored by
+// store_rows: with SCATTER the scatter forward (weights a = W / Z(q), normalised by den, which is
+// written too), without it the gather's image gradient dI(q) = sum_d W(d; c(q-d)) gn(q-d).
+template <typename T, bool SCATTER>
+void neighbour_fast(const Ctx<T>& k, const T* Rp, const T* Ip, const T* izp, T* dst, T* den,
+                    int b, int y0) {
   typedef typename Vec<T>::type V;
   constexpr int N = Vec<T>::N;
   const int nr = std::min(BY, k.H - y0);
   const T* Rb = Rp + b * k.plane;
-  const T* Zb = izp + b * k.plane;
+  const T* Zb = SCATTER ? izp + b * k.plane : nullptr;
   const T* Ib = Ip + static_cast<size_t>(b) * k.NP * k.plane;
   const size_t hw = static_cast<size_t>(k.H) * k.W;
   for (int x0 = 0; x0 < k.W; x0 += N) {
@@ -419,35 +422,14 @@ void scatter_fwd_fast(const Ctx<T>& k, const T* Rp, const T* Ip, const T* izp, T
       V acc[BY][G];
       for (int r = 0; r < BY; ++r)
         for (int c = 0; c < G; ++c) acc[r][c] = V{};
-      neighbour_sums_fast<T, true>(k, Rb, Zb, Ib + g * k.plane, b, y0, nr, x0, rn, acc);
-      store_rows(k, acc, g, out, dn, true, b, y0, nr, x0, nb);
+      neighbour_sums_fast<T, SCATTER>(k, Rb, Zb, Ib + g * k.plane, b, y0, nr, x0, rn, acc);
+      store_rows(k, acc, g, dst, dn, SCATTER, b, y0, nr, x0, nb);
     }
-    for (int r = 0; r < nr; ++r) {
-      T* d = den + static_cast<size_t>(b) * hw + static_cast<size_t>(y0 + r) * k.W + x0;
-      for (int j = 0; j < nb; ++j) d[j] = dn[r][j];
-    }
-  }
-}
-
-// The gather's image gradient dI(q) = sum_d W(d; c(q-d)) gn(q-d) for a BY x N block.
-template <typename T>
-void gather_bwd_dimg_fast(const Ctx<T>& k, const T* Rp, const T* Gp, T* d_img, int b, int y0) {
-  typedef typename Vec<T>::type V;
-  constexpr int N = Vec<T>::N;
-  const int nr = std::min(BY, k.H - y0);
-  const T* Rb = Rp + b * k.plane;
-  const T* Gb = Gp + static_cast<size_t>(b) * k.NP * k.plane;
-  for (int x0 = 0; x0 < k.W; x0 += N) {
-    const int nb = std::min(N, k.W - x0);
-    const T rn = k.tnb[(static_cast<size_t>(b) * k.nty + y0 / TY) * k.ntx + x0 / N];
-    alignas(64) T dn[BY][N];
-    for (int g = 0; g < k.NP; g += G) {
-      if (g > k.C) continue;
-      V acc[BY][G];
-      for (int r = 0; r < BY; ++r)
-        for (int c = 0; c < G; ++c) acc[r][c] = V{};
-      neighbour_sums_fast<T, false>(k, Rb, nullptr, Gb + g * k.plane, b, y0, nr, x0, rn, acc);
-      store_rows(k, acc, g, d_img, dn, false, b, y0, nr, x0, nb);
+    if (SCATTER) {
+      for (int r = 0; r < nr; ++r) {
+        T* d = den + static_cast<size_t>(b) * hw + static_cast<size_t>(y0 + r) * k.W + x0;
+        for (int j = 0; j < nb; ++j) d[j] = dn[r][j];
+      }
     }
   }
 }
@@ -604,7 +586,7 @@ void mass_row(const Ctx<T>& k, const T* Rp, T* izp, int b, int y) {
 
 // ------------------------------------------------------------------ scatter forward
 // out(p) = sum_d a(p-d, d) I(p-d) / den(p),  a(q, d) = W(d; c(q), q) / Z(q)  (0 outside)
-// General path (image tables, cat's eye); see scatter_fwd_fast for the fast one.
+// General path (image tables, cat's eye); see neighbour_fast for the fast one.
 template <typename T>
 void scatter_fwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* izp, T* out, T* den,
                      int b, int y) {
@@ -982,8 +964,8 @@ void forward(const T* img, const T* coc, const T* table, int tab_h, int tab_w, c
     if (fast) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
       for (long r = 0; r < blocks; ++r)
-        scatter_fwd_fast<T>(k, Rp.get(), Ip.get(), iz.get(), out, den, static_cast<int>(r / nby),
-                            static_cast<int>(r % nby) * BY);
+        neighbour_fast<T, true>(k, Rp.get(), Ip.get(), iz.get(), out, den,
+                                static_cast<int>(r / nby), static_cast<int>(r % nby) * BY);
     } else {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
       for (long r = 0; r < rows; ++r)
@@ -1023,8 +1005,8 @@ void backward(const T* grad, const T* img, const T* coc, const T* table, int tab
         const int nby = (H + BY - 1) / BY;
 #pragma omp for schedule(dynamic, 1)
         for (long r = 0; r < static_cast<long>(B) * nby; ++r)
-          gather_bwd_dimg_fast<T>(k, Rp.get(), Gp.get(), d_img, static_cast<int>(r / nby),
-                                  static_cast<int>(r % nby) * BY);
+          neighbour_fast<T, false>(k, Rp.get(), Gp.get(), nullptr, d_img, nullptr,
+                                   static_cast<int>(r / nby), static_cast<int>(r % nby) * BY);
       }
     }
   } else {
