@@ -3,6 +3,9 @@
 * :func:`mpi_conv_blur` — a multi-plane (MPI-style) layered blur built from ordinary
   ``conv2d`` calls: quantise the coc into depth planes, convolve each plane's premultiplied
   colour and its alpha with the aperture kernel of that plane's size, composite back to front.
+* :func:`tap_gather` — a plain tiled tap-loop gather in C++ (``benchmarks/csrc/tap_gather.cpp``,
+  float32 disk, forward only): the O(radius^2) way the native gather worked before its O(radius)
+  span kernels, the baseline of ``benchmarks/native_spans.py``.
 * :func:`naive_gather` — a per-pixel gather over the *fixed* full max-radius square window
   (no culling of empty offsets, no tiling), written with plain tensor ops and differentiated by
   autograd, the way the "plain PyTorch offset-loop gather" of ``shared/ANCHORS.md`` is written.
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 
 from lensblur import Aperture
 
-__all__ = ["mpi_conv_blur", "naive_gather", "naive_gather_bytes", "DEFAULT_PLANES"]
+__all__ = ["mpi_conv_blur", "naive_gather", "naive_gather_bytes", "tap_gather", "DEFAULT_PLANES"]
 
 DEFAULT_PLANES = 16
 
@@ -103,3 +106,56 @@ def naive_gather_bytes(shape, max_coc: float, backward: bool) -> int:
     r = int(math.ceil(max_coc / 2 + 0.5))
     per_offset = (c + 3) * b * h * w * 4 if backward else 0
     return (2 * r + 1) ** 2 * per_offset + 4 * (c + 2) * b * (h + 2 * r) * (w + 2 * r) * 4
+
+
+_TAP_LIB = None
+
+
+def _tap_library():
+    """Build (once, cached by source hash like the library's kernels) and load tap_gather.cpp."""
+    global _TAP_LIB
+    if _TAP_LIB is None:
+        import ctypes
+        import hashlib
+        from pathlib import Path
+
+        from torch.utils import cpp_extension
+
+        from lensblur.ops import native as nat
+
+        src = Path(__file__).resolve().parent / "csrc" / "tap_gather.cpp"
+        key = hashlib.sha256(src.read_bytes() + nat._build_key(nat.source_paths()).encode()).hexdigest()[:16]
+        build_dir = nat._cache_root() / f"tap_gather_{key}"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        nat._ensure_ninja()
+        path = cpp_extension.load(name=f"lensblur_tap_gather_{key}", sources=[str(src)],
+                                  extra_cflags=nat._cflags(), build_directory=str(build_dir),
+                                  is_python_module=False, verbose=False)
+        lib = ctypes.CDLL(str(path))
+        p, i = ctypes.c_void_p, ctypes.c_int
+        lib.tap_gather_f32.argtypes = [p, p, i, i, i, p, i]
+        lib.tap_gather_f32.restype = i
+        _TAP_LIB = lib
+    return _TAP_LIB
+
+
+def tap_gather(image: torch.Tensor, coc: torch.Tensor, threads: Optional[int] = None) -> torch.Tensor:
+    """Plain tiled tap-loop gather (float32, disk, batch 1, forward only) in C++.
+
+    Same result as ``lensblur.defocus(image, coc, method="gather")`` up to rounding; its cost per
+    pixel grows with the square of the local blur radius.
+    """
+    import ctypes
+
+    if image.dim() != 4 or image.shape[0] != 1 or coc.shape != (1, 1) + image.shape[2:]:
+        raise ValueError(f"`image` must be (1, C, H, W) with `coc` (1, 1, H, W), got "
+                         f"{tuple(image.shape)} and {tuple(coc.shape)}")
+    lib = _tap_library()
+    img = image.detach().to(torch.float32).contiguous()
+    c = coc.detach().to(torch.float32).contiguous()
+    out = torch.empty_like(img)
+    _, ch, h, w = img.shape
+    n = torch.get_num_threads() if threads is None else threads
+    lib.tap_gather_f32(ctypes.c_void_p(img.data_ptr()), ctypes.c_void_p(c.data_ptr()), ch, h, w,
+                       ctypes.c_void_p(out.data_ptr()), n)
+    return out

@@ -31,16 +31,21 @@
 // * Memory is O(B C H W): the padded copies and a few maps, never an O(H W k^2) buffer.
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <new>
+#include <thread>
 #include <vector>
 
-#include <omp.h>
+#include <condition_variable>
+#include <mutex>
+#include <unistd.h>
 
 namespace {
 
@@ -78,6 +83,101 @@ inline V vclamp01(V t) {
   return t < one ? t : one;
 }
 
+// ------------------------------------------------------------------ threads
+// A small pool of std::threads that wait *passively* (condition variables) between jobs.  The
+// kernels used to run on OpenMP; PyTorch runs its own OpenMP runtime, and two runtimes whose idle
+// threads spin-wait for work steal each other's cores -- on a machine with one busy neighbour
+// process that made the kernels 8-12x slower than with OMP_WAIT_POLICY=PASSIVE.  Work items
+// (rows) are handed out by an atomic counter; each item is computed by one thread in a fixed
+// order, so results do not depend on the number of threads or on who ran which item.
+class Pool {
+ public:
+  static Pool& get() {
+    static Pool* pool = new Pool();  // never destroyed: workers may outlive static destructors
+    if (pool->pid_ != ::getpid()) pool = new Pool();  // forked child: the threads are gone
+    return *pool;
+  }
+
+  void run(long n, int nthreads, const std::function<void(long)>& f) {
+    std::lock_guard<std::mutex> one_job(call_mu_);   // callers from several threads take turns
+    const int nw = static_cast<int>(std::min<long>(nthreads, n)) - 1;
+    while (nworkers_ < nw) {
+      const int id = nworkers_++;
+      std::thread([this, id] { loop(id); }).detach();
+    }
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      job_ = &f;
+      n_ = n;
+      next_.store(0);
+      want_ = nw;
+      busy_ = nw;
+      err_ = nullptr;
+      ++generation_;
+    }
+    cv_work_.notify_all();
+    drain();
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_done_.wait(lk, [this] { return busy_ == 0; });
+    job_ = nullptr;
+    if (err_) std::rethrow_exception(err_);
+  }
+
+ private:
+  Pool() : pid_(::getpid()) {}
+
+  void drain() {
+    for (;;) {
+      const long i = next_.fetch_add(1);
+      if (i >= n_) return;
+      try {
+        (*job_)(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (!err_) err_ = std::current_exception();
+        next_.store(n_);
+      }
+    }
+  }
+
+  void loop(int id) {
+    long seen = 0;
+    std::unique_lock<std::mutex> lk(mu_);
+    for (;;) {
+      cv_work_.wait(lk, [&] { return generation_ != seen; });
+      seen = generation_;
+      if (id >= want_) continue;  // not needed for this job
+      lk.unlock();
+      drain();
+      lk.lock();
+      if (--busy_ == 0) cv_done_.notify_one();
+    }
+  }
+
+  const pid_t pid_;
+  std::mutex call_mu_, mu_;
+  std::condition_variable cv_work_, cv_done_;
+  int nworkers_ = 0;
+  const std::function<void(long)>* job_ = nullptr;
+  long n_ = 0;
+  std::atomic<long> next_{0};
+  int want_ = 0, busy_ = 0;
+  long generation_ = 0;
+  std::exception_ptr err_;
+};
+
+// f(i) for i in [0, n) on up to nthreads threads (the caller is one of them).
+template <typename F>
+void parallel_for(long n, int nthreads, F&& f) {
+  if (n <= 0) return;
+  if (nthreads <= 1 || n == 1) {
+    for (long i = 0; i < n; ++i) f(i);
+    return;
+  }
+  const std::function<void(long)> fn(std::ref(f));
+  Pool::get().run(n, nthreads, fn);
+}
+
 // Everything one call shares: geometry of the padded planes, aperture constants, tap norms.
 template <typename T>
 struct Ctx {
@@ -101,6 +201,11 @@ struct Ctx {
   int nty = 0, ntx = 0;       // tiles of the neighbour bound
   std::vector<T> tnb;         // per tile: largest radius whose footprint reaches it
   std::vector<T> bmax;        // per row and block of N columns: the largest radius
+  std::vector<T> bmin;        // ... and the smallest (span kernels)
+  std::vector<T> rowmax;      // per row: the largest radius (span kernels)
+  std::vector<int> amin;      // per kernel row dy + KY: the dx of its smallest norm
+  int PP = 0;                 // row pitch of the prefix-sum planes (>= P + 1)
+  size_t pplane = 0;          // elements per prefix-sum plane
 
   std::vector<T> nsorted;     // fast path: the window's tap norms, ascending
   std::vector<double> ncum;   // and their prefix sums (ncum[i] = sum of the first i)
@@ -729,6 +834,248 @@ void scatter_bwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* Gp, T* 
   }
 }
 
+// ------------------------------------------------------------------ O(radius) span kernels
+// Disk and polygon apertures without cat's eye: W(d; R) = clamp(R + 1/2 - n(d), 0, 1) with one
+// norm n per tap.  The shape is convex, so along a kernel row dy the norm first falls, then rises
+// (Ctx::amin holds the row's minimum; setup makes the float values exactly unimodal), and for a
+// block of N pixels of one row with radii in [rmin, rmax]:
+//   * the taps of weight 1 for *every* pixel of the block form one run [ai, bi]: its sum is two
+//     lookups in row prefix sums (kept in double: exact enough on 4096-px rows);
+//   * the taps of weight > 0 for *some* pixel form a run [ao, bo] around it;
+//   * only the band [ao, ai) and (bi, bo] -- the one-pixel rim, widened by rmax - rmin -- is
+//     visited tap by tap, with each pixel's own clamped weight.  W' (the coc derivative) lives
+//     only there.
+// Every pixel therefore costs O(radius) instead of O(radius^2), and the sums are exactly those of
+// the tap loop (same weights, only the order of the additions differs).
+
+struct Span {
+  int ao, ai, bi, bo;  // outer run [ao, bo]; inner run [ai, bi] (empty: ai = bo + 1, bi = bo)
+  bool empty() const { return ao > bo; }
+  bool inner() const { return ai <= bi; }
+};
+
+// Runs of kernel row dy for a block whose radii + 1/2 lie in [rmin5, rmax5].
+template <typename T>
+inline Span row_span(const Ctx<T>& k, int dy, T rmin5, T rmax5) {
+  const T* n = k.ntap_row(dy);
+  const int m = k.amin[dy + k.KY];
+  Span s{1, 1, 0, 0};
+  if (!(n[m] < rmax5)) return s;  // weight 0 for every pixel: n >= R + 1/2
+  int lo = -k.KX, hi = m;         // first dx with n < rmax5 (n falls on [-KX, m])
+  while (lo < hi) {
+    const int mid = lo + ((hi - lo) >> 1);
+    if (n[mid] < rmax5) hi = mid; else lo = mid + 1;
+  }
+  s.ao = lo;
+  lo = m, hi = k.KX;              // last dx with n < rmax5 (n rises on [m, KX])
+  while (lo < hi) {
+    const int mid = hi - ((hi - lo) >> 1);
+    if (n[mid] < rmax5) lo = mid; else hi = mid - 1;
+  }
+  s.bo = lo;
+  // weight 1 for every pixel: (R + 1/2) - n >= 1 in T for the smallest R (monotone in R and n)
+  if (!(rmin5 - n[m] >= T(1))) {
+    s.ai = s.bo + 1;
+    s.bi = s.bo;
+    return s;
+  }
+  lo = s.ao, hi = m;
+  while (lo < hi) {
+    const int mid = lo + ((hi - lo) >> 1);
+    if (rmin5 - n[mid] >= T(1)) hi = mid; else lo = mid + 1;
+  }
+  s.ai = lo;
+  lo = m, hi = s.bo;
+  while (lo < hi) {
+    const int mid = hi - ((hi - lo) >> 1);
+    if (rmin5 - n[mid] >= T(1)) lo = mid; else hi = mid - 1;
+  }
+  s.bi = lo;
+  return s;
+}
+
+template <typename T>
+struct VecD {  // N lanes of double, N = Vec<T>::N (the prefix sums)
+  typedef double type __attribute__((vector_size(8 * Vec<T>::N)));
+};
+
+// Row prefix sums of every padded plane: Pr[row][i] = sum_{x < i} plane[row][x], i = 0..P.
+template <typename T>
+void fill_prefix(const Ctx<T>& k, const T* planes, double* Pr, int nplanes, int nthreads) {
+  const long rows = static_cast<long>(nplanes) * k.Hp;
+  parallel_for(rows, nthreads, [&](long r) {
+    const T* src = planes + static_cast<size_t>(r) * k.P;
+    double* dst = Pr + static_cast<size_t>(r) * k.PP;
+    double s = 0.0;
+    dst[0] = 0.0;
+    for (int x = 0; x < k.P; ++x) {
+      s += double(src[x]);
+      dst[x + 1] = s;
+    }
+    for (int x = k.P + 1; x < k.PP; ++x) dst[x] = s;
+  });
+}
+
+// Per-thread scratch of the span kernels.
+template <typename T>
+struct Scratch {
+  std::vector<Span> spans;
+  std::vector<T> S, D;           // NP x N sums of one block
+  std::vector<double> diff;      // spread: NP difference rows (pitch PP)
+  std::vector<T> direct;         // spread: NP rows of band taps (pitch P)
+};
+
+// Own-kernel sums of the N pixels at (y, x0) (batch item's planes Pl, prefix sums Pr):
+//   S[c] = sum_d W(d; R(p)) plane_c(p + d)       (WANT_S; needs Pr)
+//   D[c] = sum_d W'(d; R(p)) plane_c(p + d)      (WANT_D; rim taps only)
+//   z = sum_d W, zp = sum_d W' over the whole window (WANT_Z: the scatter normaliser)
+// for every plane c < NP; stored lane by lane in sc.S / sc.D (c * N + j).
+template <typename T, bool WANT_S, bool WANT_D, bool WANT_Z>
+inline void own_block(const Ctx<T>& k, const T* Rb, const T* Pl, const double* Pr, int y, int x0,
+                      int nb, Scratch<T>& sc, typename Vec<T>::type* zo,
+                      typename Vec<T>::type* zpo) {
+  typedef typename Vec<T>::type V;
+  typedef typename VecD<T>::type VD;
+  constexpr int N = Vec<T>::N;
+  const size_t base = k.idx(y, x0);
+  const T* R = Rb + base;
+  T rmax, rmin;
+  block_range(R, nb, rmax, rmin);
+  const V R5 = vload<V>(R) + T(0.5);
+  const T rmin5 = rmin + T(0.5), rmax5 = rmax + T(0.5);
+  const int ky = k.ky_for(rmax);
+  sc.spans.resize(2 * ky + 1);
+  long ninner = 0;
+  for (int dy = -ky; dy <= ky; ++dy) {
+    const Span s = row_span(k, dy, rmin5, rmax5);
+    sc.spans[dy + ky] = s;
+    if (s.inner()) ninner += s.bi - s.ai + 1;
+  }
+  V z = V{} + T(ninner), zp = V{};
+  const size_t X0 = static_cast<size_t>(x0 + k.KX);
+  for (int g = 0; g < k.NP; g += G) {
+    V acc[G], dacc[G];
+    VD sd[G];
+    for (int c = 0; c < G; ++c) {
+      acc[c] = V{};
+      dacc[c] = V{};
+      sd[c] = VD{};
+    }
+    for (int dy = -ky; dy <= ky; ++dy) {
+      const Span s = sc.spans[dy + ky];
+      if (s.empty()) continue;
+      if (WANT_S && s.inner()) {
+        const double* pr = Pr + static_cast<size_t>(g) * k.pplane +
+                           static_cast<size_t>(y + dy + k.KY) * k.PP + X0;
+        for (int c = 0; c < G; ++c) {
+          const double* q = pr + static_cast<size_t>(c) * k.pplane;
+          sd[c] += vload<VD>(q + s.bi + 1) - vload<VD>(q + s.ai);
+        }
+      }
+      const T* nrow = k.ntap_row(dy);
+      const T* src = Pl + static_cast<size_t>(g) * k.plane + base + static_cast<ptrdiff_t>(dy) * k.P;
+      auto band = [&](int d0, int d1) {
+        for (int dx = d0; dx <= d1; ++dx) {
+          const V t = R5 - nrow[dx];
+          const V w = vclamp01(t);
+          const V dw = rim_dw(t);
+          if (WANT_Z && g == 0) {
+            z += w;
+            zp += dw;
+          }
+          for (int c = 0; c < G; ++c) {
+            const V v = vload<V>(src + dx + static_cast<size_t>(c) * k.plane);
+            if (WANT_S) acc[c] += w * v;
+            if (WANT_D) dacc[c] += dw * v;
+          }
+        }
+      };
+      band(s.ao, s.ai - 1);
+      band(s.bi + 1, s.bo);
+    }
+    for (int c = 0; c < G; ++c) {
+      if (WANT_S) vstore(sc.S.data() + static_cast<size_t>(g + c) * N,
+                         acc[c] + __builtin_convertvector(sd[c], V));
+      if (WANT_D) vstore(sc.D.data() + static_cast<size_t>(g + c) * N, dacc[c]);
+    }
+  }
+  if (WANT_Z) {
+    *zo = z;
+    *zpo = zp;
+  }
+}
+
+// Spread (scatter) of one output row y: S[c](p) = sum over sources q = p - d of
+// W(d; R(q)) [iz(q)] plane_c(q) for every plane c < NP, written to sc.S-like rows `rows`
+// (NP rows of W values).  Sources are visited in a fixed order (source row, block), their spans
+// go into per-plane difference rows (+v at the run's start, -v after its end, prefix-summed in
+// double at the end), their band taps straight into the output row: no atomics, one thread per
+// output row, bitwise identical for any thread count.
+template <typename T, bool SCALE>
+void spread_row(const Ctx<T>& k, const T* Rb, const T* Zb, const T* Pl, int b, int y,
+                Scratch<T>& sc, T* rows) {
+  typedef typename Vec<T>::type V;
+  typedef typename VecD<T>::type VD;
+  constexpr int N = Vec<T>::N;
+  sc.diff.assign(static_cast<size_t>(k.NP) * k.PP, 0.0);
+  sc.direct.assign(static_cast<size_t>(k.NP) * k.P, T(0));
+  const T* rmx = k.rowmax.data() + static_cast<size_t>(b) * k.H;
+  for (int sq = std::max(0, y - k.KY); sq <= std::min(k.H - 1, y + k.KY); ++sq) {
+    const int dy = y - sq;  // the sources' kernel row that lands on row y
+    if (k.ky_for(rmx[sq]) < std::abs(dy)) continue;
+    const T* bmx = k.bmax.data() + (static_cast<size_t>(b) * k.H + sq) * k.ntx;
+    const T* bmn = k.bmin.data() + (static_cast<size_t>(b) * k.H + sq) * k.ntx;
+    for (int xb = 0; xb < k.ntx; ++xb) {
+      const T rmax = bmx[xb];
+      if (k.ky_for(rmax) < std::abs(dy)) continue;
+      const Span s = row_span(k, dy, bmn[xb] + T(0.5), rmax + T(0.5));
+      if (s.empty()) continue;
+      const int x0 = xb * N;
+      const size_t q = k.idx(sq, x0);
+      const V R5 = vload<V>(Rb + q) + T(0.5);
+      V scale = V{} + T(1);
+      if (SCALE) scale = vload<V>(Zb + q);
+      const T* nrow = k.ntap_row(dy);
+      const size_t X0 = static_cast<size_t>(x0 + k.KX);
+      for (int g = 0; g < k.NP; g += G) {
+        V v[G];
+        for (int c = 0; c < G; ++c)
+          v[c] = scale * vload<V>(Pl + static_cast<size_t>(g + c) * k.plane + q);
+        if (s.inner()) {
+          for (int c = 0; c < G; ++c) {
+            double* d = sc.diff.data() + static_cast<size_t>(g + c) * k.PP + X0;
+            const VD vd = __builtin_convertvector(v[c], VD);
+            vstore(d + s.ai, vload<VD>(d + s.ai) + vd);
+            vstore(d + s.bi + 1, vload<VD>(d + s.bi + 1) - vd);
+          }
+        }
+        auto band = [&](int d0, int d1) {
+          for (int dx = d0; dx <= d1; ++dx) {
+            const V w = vclamp01(R5 - nrow[dx]);
+            for (int c = 0; c < G; ++c) {
+              T* o = sc.direct.data() + static_cast<size_t>(g + c) * k.P + X0 + dx;
+              vstore(o, vload<V>(o) + w * v[c]);
+            }
+          }
+        };
+        band(s.ao, s.ai - 1);
+        band(s.bi + 1, s.bo);
+      }
+    }
+  }
+  for (int c = 0; c < k.NP; ++c) {
+    const double* d = sc.diff.data() + static_cast<size_t>(c) * k.PP;
+    const T* o = sc.direct.data() + static_cast<size_t>(c) * k.P;
+    T* dst = rows + static_cast<size_t>(c) * k.W;
+    double run = 0.0;
+    for (int X = 0; X < k.KX; ++X) run += d[X];
+    for (int x = 0; x < k.W; ++x) {
+      run += d[k.KX + x];
+      dst[x] = T(run + double(o[k.KX + x]));
+    }
+  }
+}
+
 // ------------------------------------------------------------------ set-up
 template <typename T>
 struct Buffer {
@@ -779,6 +1126,9 @@ void setup(Ctx<T>& k, const T* coc, const T* table, int tab_h, int tab_w, const 
   k.P = P;
   k.Hp = H + 2 * k.KY + BY;   // BY spare rows below: blocks of BY rows never read past the end
   k.plane = static_cast<size_t>(k.Hp) * P;
+  k.PP = ((P + 1 + 7) / 8) * 8;
+  if ((static_cast<size_t>(k.PP) * sizeof(double)) % 4096 == 0) k.PP += 8;
+  k.pplane = static_cast<size_t>(k.Hp) * k.PP;
   // tap norms (disk, polygon) in T, in the reference's order of operations
   k.ntap.assign(static_cast<size_t>(2 * k.KY + 1 + 2 * BY) * k.NTX, T(1e30));
   if (k.kind != 2) {
@@ -806,6 +1156,21 @@ void setup(Ctx<T>& k, const T* coc, const T* table, int tab_h, int tab_w, const 
     }
   }
   if (k.fast()) {
+    // Make every kernel row exactly unimodal in T (the exact norm is convex along a row; the
+    // rounded one may wobble by an ulp near its minimum, e.g. rounded polygons): from the row's
+    // smallest value outwards, each value is at least its inner neighbour.  The span kernels
+    // rely on it (the taps of weight 1, and those of weight > 0, are then runs); it changes a
+    // norm by rounding noise at most.
+    k.amin.assign(2 * k.KY + 1, 0);
+    for (int dy = -k.KY; dy <= k.KY; ++dy) {
+      T* n = k.ntap.data() + static_cast<size_t>(dy + k.KY + BY) * k.NTX + k.KX;
+      int m = -k.KX;
+      for (int dx = -k.KX + 1; dx <= k.KX; ++dx)
+        if (n[dx] < n[m]) m = dx;
+      for (int dx = m - 1; dx >= -k.KX; --dx) n[dx] = std::max(n[dx], n[dx + 1]);
+      for (int dx = m + 1; dx <= k.KX; ++dx) n[dx] = std::max(n[dx], n[dx - 1]);
+      k.amin[dy + k.KY] = m;
+    }
     for (T n : k.ntap)
       if (n < T(1e29)) k.nsorted.push_back(n);
     std::sort(k.nsorted.begin(), k.nsorted.end());
@@ -828,15 +1193,14 @@ template <typename T>
 void fill_radius(const Ctx<T>& k, const T* coc, T* Rp, int nthreads) {
   const size_t hw = static_cast<size_t>(k.H) * k.W;
   const long rows = static_cast<long>(k.B) * k.Hp;
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-  for (long r = 0; r < rows; ++r) {
+  parallel_for(rows, nthreads, [&](long r) {
     const int b = static_cast<int>(r / k.Hp), yp = static_cast<int>(r % k.Hp), y = yp - k.KY;
     T* row = Rp + b * k.plane + static_cast<size_t>(yp) * k.P;
     std::fill(row, row + k.P, T(0));
-    if (y < 0 || y >= k.H) continue;
+    if (y < 0 || y >= k.H) return;
     const T* src = coc + b * hw + static_cast<size_t>(y) * k.W;
     for (int x = 0; x < k.W; ++x) row[k.KX + x] = T(0.5) * src[x];
-  }
+  });
 }
 
 // Padded planes: plane 0 = first0 (mask 1 when null), planes 1..C = channels, rest zero.
@@ -845,12 +1209,11 @@ template <typename T>
 void fill_planes(const Ctx<T>& k, const T* src, const T* den, const T* out, T* dst, int nthreads) {
   const size_t hw = static_cast<size_t>(k.H) * k.W;
   const long rows = static_cast<long>(k.B) * k.Hp;
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-  for (long r = 0; r < rows; ++r) {
+  parallel_for(rows, nthreads, [&](long r) {
     const int b = static_cast<int>(r / k.Hp), yp = static_cast<int>(r % k.Hp), y = yp - k.KY;
     T* b0 = dst + static_cast<size_t>(b) * k.NP * k.plane + static_cast<size_t>(yp) * k.P;
     for (int c = 0; c < k.NP; ++c) std::fill(b0 + c * k.plane, b0 + c * k.plane + k.P, T(0));
-    if (y < 0 || y >= k.H) continue;
+    if (y < 0 || y >= k.H) return;
     const size_t off = static_cast<size_t>(y) * k.W;
     T* p0 = b0 + k.KX;
     if (den == nullptr) {
@@ -871,7 +1234,7 @@ void fill_planes(const Ctx<T>& k, const T* src, const T* den, const T* out, T* d
         }
       }
     }
-  }
+  });
 }
 
 // Neighbour bound: for every tile, the largest radius of any tile whose footprint reaches it.
@@ -884,8 +1247,7 @@ void neighbour_bound(Ctx<T>& k, const T* Rp, int nthreads) {
   std::vector<T> tmax(k.B * nt, T(0));
   k.bmax.assign(static_cast<size_t>(k.B) * k.H * k.ntx, T(0));
   const long tiles = static_cast<long>(k.B) * k.nty;
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-  for (long r = 0; r < tiles; ++r) {
+  parallel_for(tiles, nthreads, [&](long r) {
     const int b = static_cast<int>(r / k.nty), ty = static_cast<int>(r % k.nty);
     for (int y = ty * TY; y < std::min(k.H, (ty + 1) * TY); ++y) {
       const T* row = Rp + b * k.plane + k.idx(y, 0);
@@ -896,11 +1258,10 @@ void neighbour_bound(Ctx<T>& k, const T* Rp, int nthreads) {
         m = std::max(m, bm[i]);
       }
     }
-  }
+  });
   k.tnb.assign(k.B * nt, T(0));
   const int rty = (k.KY + TY - 1) / TY + 1, rtx = (k.KX + N - 1) / N + 1;
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-  for (long r = 0; r < tiles; ++r) {
+  parallel_for(tiles, nthreads, [&](long r) {
     const int b = static_cast<int>(r / k.nty), ty = static_cast<int>(r % k.nty);
     for (int tx = 0; tx < k.ntx; ++tx) {
       T best = T(0);
@@ -915,12 +1276,45 @@ void neighbour_bound(Ctx<T>& k, const T* Rp, int nthreads) {
       }
       k.tnb[b * nt + static_cast<size_t>(ty) * k.ntx + tx] = best;
     }
-  }
+  });
+}
+
+// Per row and block of N columns: the smallest and largest radius; per row: the largest.
+template <typename T>
+void row_bounds(Ctx<T>& k, const T* Rp, int nthreads) {
+  constexpr int N = Vec<T>::N;
+  k.ntx = (k.W + N - 1) / N;
+  const size_t nrow = static_cast<size_t>(k.B) * k.H;
+  k.bmax.assign(nrow * k.ntx, T(0));
+  k.bmin.assign(nrow * k.ntx, T(0));
+  k.rowmax.assign(nrow, T(0));
+  parallel_for(static_cast<long>(nrow), nthreads, [&](long r) {
+    const int b = static_cast<int>(r / k.H), y = static_cast<int>(r % k.H);
+    const T* row = Rp + b * k.plane + k.idx(y, 0);
+    T rm = T(0);
+    for (int i = 0; i < k.ntx; ++i) {
+      T a, c;
+      block_range(row + i * N, std::min(N, k.W - i * N), a, c);
+      k.bmax[r * k.ntx + i] = a;
+      k.bmin[r * k.ntx + i] = c;
+      rm = std::max(rm, a);
+    }
+    k.rowmax[r] = rm;
+  });
+}
+
+// Writes lane values v (N of them, nb valid) to row y of plane `ch` of a (B, C, H, W) tensor.
+template <typename T>
+inline void put(const Ctx<T>& k, T* dst, int b, int ch, int y, int x0, int nb, const T* v) {
+  T* o = dst + ((static_cast<size_t>(b) * k.C + ch) * k.H + y) * k.W + x0;
+  for (int j = 0; j < nb; ++j) o[j] = v[j];
 }
 
 template <typename T>
 void forward(const T* img, const T* coc, const T* table, int tab_h, int tab_w, const double* prm,
              int method, int B, int C, int H, int W, T* out, T* den, int nthreads) {
+  typedef typename Vec<T>::type V;
+  constexpr int N = Vec<T>::N;
   Ctx<T> k;
   setup(k, coc, table, tab_h, tab_w, prm, B, C, H, W, nthreads);
   Buffer<T> Rp(B * k.plane);
@@ -929,56 +1323,85 @@ void forward(const T* img, const T* coc, const T* table, int tab_h, int tab_w, c
   fill_planes(k, img, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), Ip.get(),
               nthreads);
   const long rows = static_cast<long>(B) * H;
-  const int nby = (H + BY - 1) / BY;
-  const long blocks = static_cast<long>(B) * nby;   // BY-row blocks of the fast paths
-  const bool fast = k.fast();
-  if (method == 0) {
-    if (fast) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-      for (long r = 0; r < blocks; ++r)
-        gather_fwd_fast<T>(k, Rp.get(), Ip.get(), out, den, static_cast<int>(r / nby),
-                           static_cast<int>(r % nby) * BY);
-    } else {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-      for (long r = 0; r < rows; ++r)
+  const size_t hw = static_cast<size_t>(H) * W;
+  if (!k.fast()) {  // image tables, cat's eye: the tap loops
+    if (method == 0) {
+      parallel_for(rows, nthreads, [&](long r) {
         gather_fwd_row<T>(k, Rp.get(), Ip.get(), out, den, static_cast<int>(r / H),
-                                 static_cast<int>(r % H));
+                          static_cast<int>(r % H));
+      });
+      return;
     }
-  } else {
     neighbour_bound(k, Rp.get(), nthreads);
     Buffer<T> iz(B * k.plane);
-    const long prow = static_cast<long>(B) * k.Hp;
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (long r = 0; r < prow; ++r) std::fill(iz.get() + r * k.P, iz.get() + (r + 1) * k.P, T(0));
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-    for (long r = 0; r < rows; ++r) {
-      const int b = static_cast<int>(r / H), y = static_cast<int>(r % H);
-      if (fast) {
-        const T* R = Rp.get() + b * k.plane + k.idx(y, 0);
-        T* o = iz.get() + b * k.plane + k.idx(y, 0);
-        for (int x = 0; x < W; ++x) o[x] = T(1.0 / k.mass(R[x]));
-      } else {
-        mass_row<T>(k, Rp.get(), iz.get(), b, y);
-      }
-    }
-    if (fast) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-      for (long r = 0; r < blocks; ++r)
-        neighbour_fast<T, true>(k, Rp.get(), Ip.get(), iz.get(), out, den,
-                                static_cast<int>(r / nby), static_cast<int>(r % nby) * BY);
-    } else {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-      for (long r = 0; r < rows; ++r)
-        scatter_fwd_row<T>(k, Rp.get(), Ip.get(), iz.get(), out, den,
-                                  static_cast<int>(r / H), static_cast<int>(r % H));
-    }
+    std::fill(iz.get(), iz.get() + B * k.plane, T(0));
+    parallel_for(rows, nthreads, [&](long r) {
+      mass_row<T>(k, Rp.get(), iz.get(), static_cast<int>(r / H), static_cast<int>(r % H));
+    });
+    parallel_for(rows, nthreads, [&](long r) {
+      scatter_fwd_row<T>(k, Rp.get(), Ip.get(), iz.get(), out, den, static_cast<int>(r / H),
+                         static_cast<int>(r % H));
+    });
+    return;
   }
+  if (method == 0) {  // gather: own-kernel spans over row prefix sums of the planes
+    Buffer<double> Pr(static_cast<size_t>(B) * k.NP * k.pplane);
+    fill_prefix(k, Ip.get(), Pr.get(), B * k.NP, nthreads);
+    parallel_for(rows, nthreads, [&](long r) {
+      const int b = static_cast<int>(r / H), y = static_cast<int>(r % H);
+      Scratch<T> sc;
+      sc.S.resize(static_cast<size_t>(k.NP) * N);
+      const T* Rb = Rp.get() + b * k.plane;
+      const T* Pl = Ip.get() + static_cast<size_t>(b) * k.NP * k.plane;
+      const double* Pb = Pr.get() + static_cast<size_t>(b) * k.NP * k.pplane;
+      for (int x0 = 0; x0 < W; x0 += N) {
+        const int nb = std::min(N, W - x0);
+        own_block<T, true, false, false>(k, Rb, Pl, Pb, y, x0, nb, sc, nullptr, nullptr);
+        const T* dn = sc.S.data();
+        alignas(64) T v[N];
+        for (int ch = 0; ch < C; ++ch) {
+          const T* s = sc.S.data() + static_cast<size_t>(ch + 1) * N;
+          for (int j = 0; j < nb; ++j) v[j] = s[j] / dn[j];
+          put(k, out, b, ch, y, x0, nb, v);
+        }
+        std::memcpy(den + b * hw + static_cast<size_t>(y) * W + x0, dn, sizeof(T) * nb);
+      }
+    });
+    return;
+  }
+  // scatter: 1 / Z(q) from the sorted tap norms, then spans spread into difference rows
+  row_bounds(k, Rp.get(), nthreads);
+  Buffer<T> iz(B * k.plane);
+  std::fill(iz.get(), iz.get() + B * k.plane, T(0));
+  parallel_for(rows, nthreads, [&](long r) {
+    const int b = static_cast<int>(r / H), y = static_cast<int>(r % H);
+    const T* R = Rp.get() + b * k.plane + k.idx(y, 0);
+    T* o = iz.get() + b * k.plane + k.idx(y, 0);
+    for (int x = 0; x < W; ++x) o[x] = T(1.0 / k.mass(R[x]));
+  });
+  parallel_for(rows, nthreads, [&](long r) {
+    const int b = static_cast<int>(r / H), y = static_cast<int>(r % H);
+    Scratch<T> sc;
+    std::vector<T> acc(static_cast<size_t>(k.NP) * W);
+    spread_row<T, true>(k, Rp.get() + b * k.plane, iz.get() + b * k.plane,
+                        Ip.get() + static_cast<size_t>(b) * k.NP * k.plane, b, y, sc, acc.data());
+    const T* dn = acc.data();
+    for (int ch = 0; ch < C; ++ch) {
+      const T* s = acc.data() + static_cast<size_t>(ch + 1) * W;
+      T* o = out + ((static_cast<size_t>(b) * C + ch) * H + y) * W;
+      for (int x = 0; x < W; ++x) o[x] = s[x] / dn[x];
+    }
+    std::memcpy(den + b * hw + static_cast<size_t>(y) * W, dn, sizeof(T) * W);
+  });
+  (void)sizeof(V);
 }
 
 template <typename T>
 void backward(const T* grad, const T* img, const T* coc, const T* table, int tab_h, int tab_w,
               const double* prm, int method, int B, int C, int H, int W, const T* out,
               const T* den, T* d_img, T* d_coc, int nthreads) {
+  typedef typename Vec<T>::type V;
+  constexpr int N = Vec<T>::N;
   Ctx<T> k;
   setup(k, coc, table, tab_h, tab_w, prm, B, C, H, W, nthreads);
   Buffer<T> Rp(B * k.plane);
@@ -989,34 +1412,94 @@ void backward(const T* grad, const T* img, const T* coc, const T* table, int tab
   Buffer<T> Gp(static_cast<size_t>(B) * k.NP * k.plane);
   fill_planes(k, grad, den, out, Gp.get(), nthreads);
   const long rows = static_cast<long>(B) * H;
-  const bool fast = k.fast();
-  if (method == 0) {
-    neighbour_bound(k, Rp.get(), nthreads);
-#pragma omp parallel num_threads(nthreads)
-    {
-      std::vector<typename Vec<T>::type> gnp;
-#pragma omp for schedule(dynamic, 1) nowait
-      for (long r = 0; r < rows; ++r) {
-        const int b = static_cast<int>(r / H), y = static_cast<int>(r % H);
-        if (fast) gather_bwd_row<T, true>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc, b, y, gnp, false);
-        else gather_bwd_row<T, false>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc, b, y, gnp, true);
-      }
-      if (fast) {
-        const int nby = (H + BY - 1) / BY;
-#pragma omp for schedule(dynamic, 1)
-        for (long r = 0; r < static_cast<long>(B) * nby; ++r)
-          neighbour_fast<T, false>(k, Rp.get(), Gp.get(), nullptr, d_img, nullptr,
-                                   static_cast<int>(r / nby), static_cast<int>(r % nby) * BY);
-      }
+  const size_t hw = static_cast<size_t>(H) * W;
+  if (!k.fast()) {  // image tables, cat's eye: the tap loops
+    if (method == 0) {
+      neighbour_bound(k, Rp.get(), nthreads);
+      parallel_for(rows, nthreads, [&](long r) {
+        std::vector<V> gnp;
+        gather_bwd_row<T, false>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc,
+                                 static_cast<int>(r / H), static_cast<int>(r % H), gnp, true);
+      });
+    } else {
+      parallel_for(rows, nthreads, [&](long r) {
+        scatter_bwd_row<T, false>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc,
+                                  static_cast<int>(r / H), static_cast<int>(r % H));
+      });
     }
-  } else {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-    for (long r = 0; r < rows; ++r) {
-      const int b = static_cast<int>(r / H), y = static_cast<int>(r % H);
-      if (fast) scatter_bwd_row<T, true>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc, b, y);
-      else scatter_bwd_row<T, false>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc, b, y);
-    }
+    return;
   }
+  if (method == 0) {
+    // dc(p) = sum_ch gn_ch(p) D_ch(p) - s(p) D_0(p), D = rim sums of p's own kernel over Ip
+    parallel_for(rows, nthreads, [&](long r) {
+      const int b = static_cast<int>(r / H), y = static_cast<int>(r % H);
+      Scratch<T> sc;
+      sc.D.resize(static_cast<size_t>(k.NP) * N);
+      const T* Rb = Rp.get() + b * k.plane;
+      const T* Pl = Ip.get() + static_cast<size_t>(b) * k.NP * k.plane;
+      const T* Gb = Gp.get() + static_cast<size_t>(b) * k.NP * k.plane;
+      for (int x0 = 0; x0 < W; x0 += N) {
+        const int nb = std::min(N, W - x0);
+        own_block<T, false, true, false>(k, Rb, Pl, nullptr, y, x0, nb, sc, nullptr, nullptr);
+        const size_t base = k.idx(y, x0);
+        V dc = -(vload<V>(Gb + base) * vload<V>(sc.D.data()));
+        for (int ch = 0; ch < C; ++ch)
+          dc += vload<V>(Gb + static_cast<size_t>(ch + 1) * k.plane + base) *
+                vload<V>(sc.D.data() + static_cast<size_t>(ch + 1) * N);
+        alignas(64) T a[N];
+        vstore(a, dc);
+        std::memcpy(d_coc + b * hw + static_cast<size_t>(y) * W + x0, a, sizeof(T) * nb);
+      }
+    });
+    // dI(q) = sum_d W(d; c(q - d)) gn(q - d): the gradient planes spread with each p's kernel
+    row_bounds(k, Rp.get(), nthreads);
+    parallel_for(rows, nthreads, [&](long r) {
+      const int b = static_cast<int>(r / H), y = static_cast<int>(r % H);
+      Scratch<T> sc;
+      std::vector<T> acc(static_cast<size_t>(k.NP) * W);
+      spread_row<T, false>(k, Rp.get() + b * k.plane, nullptr,
+                           Gp.get() + static_cast<size_t>(b) * k.NP * k.plane, b, y, sc,
+                           acc.data());
+      for (int ch = 0; ch < C; ++ch)
+        std::memcpy(d_img + ((static_cast<size_t>(b) * C + ch) * H + y) * W,
+                    acc.data() + static_cast<size_t>(ch + 1) * W, sizeof(T) * W);
+    });
+    return;
+  }
+  // scatter: with S, D the own-kernel sums (spans) and rim sums over the gradient planes
+  // (plane 0 = s, planes 1.. = gn) and z = Z(q), zp = Z'(q):
+  //   dI_ch(q) = S_ch / z,  dc(q) = (sum_ch I_ch D_ch - D_0) / z - (sum_ch I_ch S_ch - S_0) zp / z^2
+  Buffer<double> Pr(static_cast<size_t>(B) * k.NP * k.pplane);
+  fill_prefix(k, Gp.get(), Pr.get(), B * k.NP, nthreads);
+  parallel_for(rows, nthreads, [&](long r) {
+    const int b = static_cast<int>(r / H), y = static_cast<int>(r % H);
+    Scratch<T> sc;
+    sc.S.resize(static_cast<size_t>(k.NP) * N);
+    sc.D.resize(static_cast<size_t>(k.NP) * N);
+    const T* Rb = Rp.get() + b * k.plane;
+    const T* Ib = Ip.get() + static_cast<size_t>(b) * k.NP * k.plane;
+    const T* Gb = Gp.get() + static_cast<size_t>(b) * k.NP * k.plane;
+    const double* Pb = Pr.get() + static_cast<size_t>(b) * k.NP * k.pplane;
+    for (int x0 = 0; x0 < W; x0 += N) {
+      const int nb = std::min(N, W - x0);
+      V z, zp;
+      own_block<T, true, true, true>(k, Rb, Gb, Pb, y, x0, nb, sc, &z, &zp);
+      const size_t base = k.idx(y, x0);
+      const V iz = T(1) / z;
+      V pa = -vload<V>(sc.D.data()), qa = -vload<V>(sc.S.data());
+      alignas(64) T a[N];
+      for (int ch = 0; ch < C; ++ch) {
+        const V i = vload<V>(Ib + static_cast<size_t>(ch + 1) * k.plane + base);
+        const V s = vload<V>(sc.S.data() + static_cast<size_t>(ch + 1) * N);
+        pa += i * vload<V>(sc.D.data() + static_cast<size_t>(ch + 1) * N);
+        qa += i * s;
+        vstore(a, s * iz);
+        put(k, d_img, b, ch, y, x0, nb, a);
+      }
+      vstore(a, pa * iz - qa * zp * iz * iz);
+      std::memcpy(d_coc + b * hw + static_cast<size_t>(y) * W + x0, a, sizeof(T) * nb);
+    }
+  });
 }
 
 int report(const char* what, char* err, int errlen) {
