@@ -854,6 +854,30 @@ struct Span {
   bool inner() const { return ai <= bi; }
 };
 
+// Branch-free searches (the comparisons are data dependent, so branches would mispredict):
+// the first dx in [lo, hi] where a monotone false..true predicate holds (it holds at hi), and
+// the last dx in [lo, hi] where a true..false predicate holds (it holds at lo).
+template <typename P>
+inline int first_true(int lo, int hi, P pred) {
+  int n = hi - lo + 1, b = lo;
+  while (n > 1) {
+    const int h = n >> 1;
+    b = pred(b + h - 1) ? b : b + h;
+    n -= h;
+  }
+  return b;
+}
+template <typename P>
+inline int last_true(int lo, int hi, P pred) {
+  int n = hi - lo + 1, b = lo;
+  while (n > 1) {
+    const int h = n >> 1;
+    b = pred(b + h) ? b + h : b;
+    n -= h;
+  }
+  return b;
+}
+
 // Runs of kernel row dy for a block whose radii + 1/2 lie in [rmin5, rmax5].
 template <typename T>
 inline Span row_span(const Ctx<T>& k, int dy, T rmin5, T rmax5) {
@@ -861,42 +885,76 @@ inline Span row_span(const Ctx<T>& k, int dy, T rmin5, T rmax5) {
   const int m = k.amin[dy + k.KY];
   Span s{1, 1, 0, 0};
   if (!(n[m] < rmax5)) return s;  // weight 0 for every pixel: n >= R + 1/2
-  int lo = -k.KX, hi = m;         // first dx with n < rmax5 (n falls on [-KX, m])
-  while (lo < hi) {
-    const int mid = lo + ((hi - lo) >> 1);
-    if (n[mid] < rmax5) hi = mid; else lo = mid + 1;
-  }
-  s.ao = lo;
-  lo = m, hi = k.KX;              // last dx with n < rmax5 (n rises on [m, KX])
-  while (lo < hi) {
-    const int mid = hi - ((hi - lo) >> 1);
-    if (n[mid] < rmax5) lo = mid; else hi = mid - 1;
-  }
-  s.bo = lo;
+  // the norm falls on [-KX, m] and rises on [m, KX]
+  auto outer = [&](int dx) { return n[dx] < rmax5; };
   // weight 1 for every pixel: (R + 1/2) - n >= 1 in T for the smallest R (monotone in R and n)
-  if (!(rmin5 - n[m] >= T(1))) {
+  auto inner = [&](int dx) { return rmin5 - n[dx] >= T(1); };
+  s.ao = first_true(-k.KX, m, outer);
+  s.bo = last_true(m, k.KX, outer);
+  if (!inner(m)) {
     s.ai = s.bo + 1;
     s.bi = s.bo;
     return s;
   }
-  lo = s.ao, hi = m;
-  while (lo < hi) {
-    const int mid = lo + ((hi - lo) >> 1);
-    if (rmin5 - n[mid] >= T(1)) hi = mid; else lo = mid + 1;
-  }
-  s.ai = lo;
-  lo = m, hi = s.bo;
-  while (lo < hi) {
-    const int mid = hi - ((hi - lo) >> 1);
-    if (rmin5 - n[mid] >= T(1)) lo = mid; else hi = mid - 1;
-  }
-  s.bi = lo;
+  s.ai = first_true(s.ao, m, inner);
+  s.bi = last_true(m, s.bo, inner);
   return s;
 }
 
+// row_span from a guess: the runs of the same kernel row for a neighbouring block (radii change
+// little from block to block), walked from there -- a step or two instead of four searches.
 template <typename T>
-struct VecD {  // N lanes of double, N = Vec<T>::N (the prefix sums)
-  typedef double type __attribute__((vector_size(8 * Vec<T>::N)));
+inline Span row_span_near(const Ctx<T>& k, int dy, T rmin5, T rmax5, const Span& g) {
+  if (g.empty()) return row_span(k, dy, rmin5, rmax5);
+  const T* n = k.ntap_row(dy);
+  const int m = k.amin[dy + k.KY];
+  if (!(n[m] < rmax5)) return Span{1, 1, 0, 0};
+  auto outer = [&](int dx) { return n[dx] < rmax5; };
+  auto inner = [&](int dx) { return rmin5 - n[dx] >= T(1); };
+  int a = std::min(std::max(g.ao, -k.KX), m);
+  if (outer(a)) {
+    while (a > -k.KX && outer(a - 1)) --a;
+  } else {
+    do ++a; while (!outer(a));
+  }
+  int b = std::min(std::max(g.bo, m), k.KX);
+  if (outer(b)) {
+    while (b < k.KX && outer(b + 1)) ++b;
+  } else {
+    do --b; while (!outer(b));
+  }
+  if (!inner(m)) return Span{a, b + 1, b, b};
+  if (!g.inner()) return Span{a, first_true(a, m, inner), last_true(m, b, inner), b};
+  int ai = std::min(std::max(g.ai, a), m);
+  if (inner(ai)) {
+    while (ai > a && inner(ai - 1)) --ai;
+  } else {
+    do ++ai; while (!inner(ai));
+  }
+  int bi = std::min(std::max(g.bi, m), b);
+  if (inner(bi)) {
+    while (bi < b && inner(bi + 1)) ++bi;
+  } else {
+    do --bi; while (!inner(bi));
+  }
+  return Span{a, ai, bi, b};
+}
+
+// The span kernels work on blocks of one register of pixels (8 floats or 4 doubles with AVX2):
+// a block's band is widened by the spread of its radii, so narrower blocks visit fewer taps.
+#if defined(__AVX512F__)
+constexpr int SPAN_BYTES = 64;
+#else
+constexpr int SPAN_BYTES = 32;
+#endif
+template <typename T>
+struct SVec {
+  typedef T type __attribute__((vector_size(SPAN_BYTES)));
+  static constexpr int N = SPAN_BYTES / static_cast<int>(sizeof(T));
+};
+template <typename T>
+struct VecD {  // N lanes of double, N = SVec<T>::N (the prefix sums)
+  typedef double type __attribute__((vector_size(8 * SVec<T>::N)));
 };
 
 // Row prefix sums of every padded plane: Pr[row][i] = sum_{x < i} plane[row][x], i = 0..P.
@@ -932,11 +990,11 @@ struct Scratch {
 // for every plane c < NP; stored lane by lane in sc.S / sc.D (c * N + j).
 template <typename T, bool WANT_S, bool WANT_D, bool WANT_Z>
 inline void own_block(const Ctx<T>& k, const T* Rb, const T* Pl, const double* Pr, int y, int x0,
-                      int nb, Scratch<T>& sc, typename Vec<T>::type* zo,
-                      typename Vec<T>::type* zpo) {
-  typedef typename Vec<T>::type V;
+                      int nb, Scratch<T>& sc, typename SVec<T>::type* zo,
+                      typename SVec<T>::type* zpo) {
+  typedef typename SVec<T>::type V;
   typedef typename VecD<T>::type VD;
-  constexpr int N = Vec<T>::N;
+  constexpr int N = SVec<T>::N;
   const size_t base = k.idx(y, x0);
   const T* R = Rb + base;
   T rmax, rmin;
@@ -944,37 +1002,40 @@ inline void own_block(const Ctx<T>& k, const T* Rb, const T* Pl, const double* P
   const V R5 = vload<V>(R) + T(0.5);
   const T rmin5 = rmin + T(0.5), rmax5 = rmax + T(0.5);
   const int ky = k.ky_for(rmax);
-  sc.spans.resize(2 * ky + 1);
+  // sc.spans[dy + KY]: this block's runs, walked from the previous block's (empty at a row's start)
+  if (x0 == 0) sc.spans.assign(2 * k.KY + 1, Span{1, 1, 0, 0});
   long ninner = 0;
   for (int dy = -ky; dy <= ky; ++dy) {
-    const Span s = row_span(k, dy, rmin5, rmax5);
-    sc.spans[dy + ky] = s;
+    Span& s = sc.spans[dy + k.KY];
+    s = row_span_near(k, dy, rmin5, rmax5, s);
     if (s.inner()) ninner += s.bi - s.ai + 1;
   }
   V z = V{} + T(ninner), zp = V{};
   const size_t X0 = static_cast<size_t>(x0 + k.KX);
   for (int g = 0; g < k.NP; g += G) {
     V acc[G], dacc[G];
-    VD sd[G];
     for (int c = 0; c < G; ++c) {
       acc[c] = V{};
       dacc[c] = V{};
-      sd[c] = VD{};
     }
     for (int dy = -ky; dy <= ky; ++dy) {
-      const Span s = sc.spans[dy + ky];
+      const Span s = sc.spans[dy + k.KY];
       if (s.empty()) continue;
       if (WANT_S && s.inner()) {
         const double* pr = Pr + static_cast<size_t>(g) * k.pplane +
                            static_cast<size_t>(y + dy + k.KY) * k.PP + X0;
         for (int c = 0; c < G; ++c) {
           const double* q = pr + static_cast<size_t>(c) * k.pplane;
-          sd[c] += vload<VD>(q + s.bi + 1) - vload<VD>(q + s.ai);
+          // the run's sum is a difference of two large prefix sums: taken in double, it is
+          // exact enough to be rounded to T and added like any tap
+          acc[c] += __builtin_convertvector(vload<VD>(q + s.bi + 1) - vload<VD>(q + s.ai), V);
         }
       }
       const T* nrow = k.ntap_row(dy);
       const T* src = Pl + static_cast<size_t>(g) * k.plane + base + static_cast<ptrdiff_t>(dy) * k.P;
-      auto band = [&](int d0, int d1) {
+      // the band: [ao, ai) and (bi, bo] (a plain loop: a lambda here keeps acc in memory)
+      for (int side = 0; side < 2; ++side) {
+        const int d0 = side ? s.bi + 1 : s.ao, d1 = side ? s.bo : s.ai - 1;
         for (int dx = d0; dx <= d1; ++dx) {
           const V t = R5 - nrow[dx];
           const V w = vclamp01(t);
@@ -989,13 +1050,10 @@ inline void own_block(const Ctx<T>& k, const T* Rb, const T* Pl, const double* P
             if (WANT_D) dacc[c] += dw * v;
           }
         }
-      };
-      band(s.ao, s.ai - 1);
-      band(s.bi + 1, s.bo);
+      }
     }
     for (int c = 0; c < G; ++c) {
-      if (WANT_S) vstore(sc.S.data() + static_cast<size_t>(g + c) * N,
-                         acc[c] + __builtin_convertvector(sd[c], V));
+      if (WANT_S) vstore(sc.S.data() + static_cast<size_t>(g + c) * N, acc[c]);
       if (WANT_D) vstore(sc.D.data() + static_cast<size_t>(g + c) * N, dacc[c]);
     }
   }
@@ -1014,9 +1072,9 @@ inline void own_block(const Ctx<T>& k, const T* Rb, const T* Pl, const double* P
 template <typename T, bool SCALE>
 void spread_row(const Ctx<T>& k, const T* Rb, const T* Zb, const T* Pl, int b, int y,
                 Scratch<T>& sc, T* rows) {
-  typedef typename Vec<T>::type V;
+  typedef typename SVec<T>::type V;
   typedef typename VecD<T>::type VD;
-  constexpr int N = Vec<T>::N;
+  constexpr int N = SVec<T>::N;
   sc.diff.assign(static_cast<size_t>(k.NP) * k.PP, 0.0);
   sc.direct.assign(static_cast<size_t>(k.NP) * k.P, T(0));
   const T* rmx = k.rowmax.data() + static_cast<size_t>(b) * k.H;
@@ -1025,10 +1083,11 @@ void spread_row(const Ctx<T>& k, const T* Rb, const T* Zb, const T* Pl, int b, i
     if (k.ky_for(rmx[sq]) < std::abs(dy)) continue;
     const T* bmx = k.bmax.data() + (static_cast<size_t>(b) * k.H + sq) * k.ntx;
     const T* bmn = k.bmin.data() + (static_cast<size_t>(b) * k.H + sq) * k.ntx;
+    Span s{1, 1, 0, 0};  // walked from block to block along the source row
     for (int xb = 0; xb < k.ntx; ++xb) {
       const T rmax = bmx[xb];
       if (k.ky_for(rmax) < std::abs(dy)) continue;
-      const Span s = row_span(k, dy, bmn[xb] + T(0.5), rmax + T(0.5));
+      s = row_span_near(k, dy, bmn[xb] + T(0.5), rmax + T(0.5), s);
       if (s.empty()) continue;
       const int x0 = xb * N;
       const size_t q = k.idx(sq, x0);
@@ -1049,7 +1108,8 @@ void spread_row(const Ctx<T>& k, const T* Rb, const T* Zb, const T* Pl, int b, i
             vstore(d + s.bi + 1, vload<VD>(d + s.bi + 1) - vd);
           }
         }
-        auto band = [&](int d0, int d1) {
+        for (int side = 0; side < 2; ++side) {  // the band, tap by tap
+          const int d0 = side ? s.bi + 1 : s.ao, d1 = side ? s.bo : s.ai - 1;
           for (int dx = d0; dx <= d1; ++dx) {
             const V w = vclamp01(R5 - nrow[dx]);
             for (int c = 0; c < G; ++c) {
@@ -1057,9 +1117,7 @@ void spread_row(const Ctx<T>& k, const T* Rb, const T* Zb, const T* Pl, int b, i
               vstore(o, vload<V>(o) + w * v[c]);
             }
           }
-        };
-        band(s.ao, s.ai - 1);
-        band(s.bi + 1, s.bo);
+        }
       }
     }
   }
@@ -1282,7 +1340,7 @@ void neighbour_bound(Ctx<T>& k, const T* Rp, int nthreads) {
 // Per row and block of N columns: the smallest and largest radius; per row: the largest.
 template <typename T>
 void row_bounds(Ctx<T>& k, const T* Rp, int nthreads) {
-  constexpr int N = Vec<T>::N;
+  constexpr int N = SVec<T>::N;
   k.ntx = (k.W + N - 1) / N;
   const size_t nrow = static_cast<size_t>(k.B) * k.H;
   k.bmax.assign(nrow * k.ntx, T(0));
@@ -1313,8 +1371,8 @@ inline void put(const Ctx<T>& k, T* dst, int b, int ch, int y, int x0, int nb, c
 template <typename T>
 void forward(const T* img, const T* coc, const T* table, int tab_h, int tab_w, const double* prm,
              int method, int B, int C, int H, int W, T* out, T* den, int nthreads) {
-  typedef typename Vec<T>::type V;
-  constexpr int N = Vec<T>::N;
+  typedef typename SVec<T>::type V;
+  constexpr int N = SVec<T>::N;
   Ctx<T> k;
   setup(k, coc, table, tab_h, tab_w, prm, B, C, H, W, nthreads);
   Buffer<T> Rp(B * k.plane);
@@ -1400,8 +1458,8 @@ template <typename T>
 void backward(const T* grad, const T* img, const T* coc, const T* table, int tab_h, int tab_w,
               const double* prm, int method, int B, int C, int H, int W, const T* out,
               const T* den, T* d_img, T* d_coc, int nthreads) {
-  typedef typename Vec<T>::type V;
-  constexpr int N = Vec<T>::N;
+  typedef typename SVec<T>::type V;
+  constexpr int N = SVec<T>::N;
   Ctx<T> k;
   setup(k, coc, table, tab_h, tab_w, prm, B, C, H, W, nthreads);
   Buffer<T> Rp(B * k.plane);
@@ -1417,7 +1475,7 @@ void backward(const T* grad, const T* img, const T* coc, const T* table, int tab
     if (method == 0) {
       neighbour_bound(k, Rp.get(), nthreads);
       parallel_for(rows, nthreads, [&](long r) {
-        std::vector<V> gnp;
+        std::vector<typename Vec<T>::type> gnp;
         gather_bwd_row<T, false>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc,
                                  static_cast<int>(r / H), static_cast<int>(r % H), gnp, true);
       });

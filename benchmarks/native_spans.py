@@ -1,0 +1,187 @@
+"""Native CPU kernels: O(radius) spans against a plain tiled tap-loop gather, in one run.
+
+    PYTHONPATH=. python -m benchmarks.native_spans [--rounds 7] [--memory] [--neighbour]
+
+Workload of ``shared/ANCHORS.md`` (``benchmarks.workload``), batch 1, float32, disk aperture.
+Every round times the baseline (:func:`benchmarks.baselines.tap_gather`, the O(radius^2) tiled
+tap loop in C++) and the library's native gather and scatter, forward and forward+backward,
+back to back, and reports the medians over rounds of each time and of each ratio taken within a
+round (so a machine that is slow for a while slows both sides of a ratio).
+
+* ``--memory``: peak resident memory of a fresh process running forward+backward at 2048^2,
+  max coc 65 (gather and scatter), minus the process's memory before the first call.
+* ``--neighbour``: the issue-17 case (scatter forward+backward, 384^2, max coc 25) in fresh
+  processes while one busy-looping neighbour process runs, with default settings and with
+  ``OMP_WAIT_POLICY=PASSIVE``; before the kernels had their own passive thread pool the default
+  was 8-12x slower.
+
+Timings on a shared machine are noisy: read the ratios, not the milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+import lensblur
+from benchmarks.baselines import tap_gather
+from benchmarks.workload import anchors_workload
+
+CASES = [(512, 33), (512, 65), (1024, 33), (1024, 65)]
+
+
+def _time(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1e3
+
+
+def _fwd(img, coc, method):
+    return lambda: lensblur.defocus(img, coc, method=method, backend="native")
+
+
+def _fwd_bwd(img, coc, method):
+    i = img.clone().requires_grad_()
+    c = coc.clone().requires_grad_()
+
+    def run():
+        out = lensblur.defocus(i, c, method=method, backend="native")
+        out.backward(torch.ones_like(out))
+    return run
+
+
+def run_timings(rounds: int) -> Dict[tuple, List[float]]:
+    """{(size, D, what): [ms per round]} for what in base, gather, scatter, gather_fb, scatter_fb."""
+    fns = {}
+    for h, d in CASES:
+        img, coc, _ = anchors_workload(h, h, float(d))
+        fns[(h, d, "base")] = lambda img=img, coc=coc: tap_gather(img, coc)
+        for m in ("gather", "scatter"):
+            fns[(h, d, m)] = _fwd(img, coc, m)
+            fns[(h, d, m + "_fb")] = _fwd_bwd(img, coc, m)
+    for f in fns.values():   # warm-up (and the one-time builds)
+        f()
+    res: Dict[tuple, List[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            res[k].append(_time(f))
+    return res
+
+
+def _median_ratio(a: List[float], b: List[float]) -> float:
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def report_timings(res, rounds: int) -> str:
+    med = {k: statistics.median(v) for k, v in res.items()}
+    lines = [f"threads: {torch.get_num_threads()}, rounds: {rounds} (medians; ratios within a round)", "",
+             "| size, max coc | tap-loop gather (baseline) | native gather fwd | / baseline | "
+             "native scatter fwd | / baseline | gather fwd+bwd | / gather fwd | scatter fwd+bwd | "
+             "/ scatter fwd |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for h, d in CASES:
+        k = lambda w: (h, d, w)  # noqa: E731
+        lines.append(
+            f"| {h}², {d} | {med[k('base')]:.1f} ms | {med[k('gather')]:.1f} ms | "
+            f"{_median_ratio(res[k('gather')], res[k('base')]):.2f}x | {med[k('scatter')]:.1f} ms | "
+            f"{_median_ratio(res[k('scatter')], res[k('base')]):.2f}x | {med[k('gather_fb')]:.1f} ms | "
+            f"{_median_ratio(res[k('gather_fb')], res[k('gather')]):.2f}x | "
+            f"{med[k('scatter_fb')]:.1f} ms | {_median_ratio(res[k('scatter_fb')], res[k('scatter')]):.2f}x |")
+    lines += ["", "Cost against blur size, time(max coc 65) / time(max coc 33) at the same size:", "",
+              "| size | baseline | gather fwd | gather fwd+bwd | scatter fwd | scatter fwd+bwd |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for h in sorted({h for h, _ in CASES}):
+        cells = [f"{_median_ratio(res[(h, 65, w)], res[(h, 33, w)]):.2f}"
+                 for w in ("base", "gather", "gather_fb", "scatter", "scatter_fb")]
+        lines.append(f"| {h}² | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+_MEMORY_CHILD = r"""
+import resource, torch, lensblur
+from benchmarks.workload import anchors_workload
+img, coc, _ = anchors_workload(2048, 2048, 65.0)
+lensblur.defocus(img[..., :64, :64], coc[..., :64, :64], backend="native")   # load the library
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for m in ("gather", "scatter"):
+    i, c = img.clone().requires_grad_(), coc.clone().requires_grad_()
+    out = lensblur.defocus(i, c, method=m, backend="native")
+    out.backward(torch.ones_like(out))
+    del out, i, c
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((peak - before) / 1024.0)
+"""
+
+_NEIGHBOUR_CHILD = r"""
+import statistics, time, torch, lensblur
+from benchmarks.workload import anchors_workload
+img, coc, _ = anchors_workload(384, 384, 25.0)
+i, c = img.clone().requires_grad_(), coc.clone().requires_grad_()
+def run():
+    out = lensblur.defocus(i, c, method="scatter", backend="native")
+    out.backward(torch.ones_like(out))
+run()
+ts = []
+for _ in range(9):
+    t = time.perf_counter(); run(); ts.append(time.perf_counter() - t)
+print(statistics.median(ts) * 1e3)
+"""
+
+
+def _child(code: str, env_extra: Dict[str, str]) -> float:
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    env.update(env_extra)
+    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                         text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def report_memory() -> str:
+    mb = _child(_MEMORY_CHILD, {})
+    return (f"Peak memory, 2048², max coc 65, gather then scatter forward+backward: "
+            f"+{mb:.0f} MiB resident over the process before the first call.")
+
+
+def report_neighbour(rounds: int) -> str:
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        dflt, passive = [], []
+        for _ in range(max(1, rounds // 2)):
+            dflt.append(_child(_NEIGHBOUR_CHILD, {}))
+            passive.append(_child(_NEIGHBOUR_CHILD, {"OMP_WAIT_POLICY": "PASSIVE"}))
+    finally:
+        busy.kill()
+        busy.wait()
+    d, p = statistics.median(dflt), statistics.median(passive)
+    return ("| busy neighbour: scatter fwd+bwd, 384², max coc 25 | default settings | "
+            "OMP_WAIT_POLICY=PASSIVE | default / passive |\n|---|---:|---:|---:|\n"
+            f"| {torch.get_num_threads()} threads, one busy-looping neighbour process | {d:.1f} ms | "
+            f"{p:.1f} ms | {d / p:.2f}x |")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--memory", action="store_true")
+    ap.add_argument("--neighbour", action="store_true")
+    args = ap.parse_args(argv)
+    print(report_timings(run_timings(args.rounds), args.rounds), flush=True)
+    if args.memory:
+        print("\n" + report_memory(), flush=True)
+    if args.neighbour:
+        print("\n" + report_neighbour(args.rounds), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
