@@ -1,19 +1,24 @@
 """Native CPU kernels: O(radius) spans against a plain tiled tap-loop gather, in one run.
 
-    PYTHONPATH=. python -m benchmarks.native_spans [--rounds 7] [--memory] [--neighbour]
+    PYTHONPATH=. python -m benchmarks.native_spans [--rounds 7] [--threads N] [--clock cpu]
+                                                   [--memory] [--neighbour]
 
 Workload of ``shared/ANCHORS.md`` (``benchmarks.workload``), batch 1, float32, disk aperture.
 Every round times the baseline (:func:`benchmarks.baselines.tap_gather`, the O(radius^2) tiled
 tap loop in C++) and the library's native gather and scatter, forward and forward+backward,
 back to back, and reports the medians over rounds of each time and of each ratio taken within a
-round (so a machine that is slow for a while slows both sides of a ratio).
+round (so a machine that is slow for a while slows both sides of a ratio).  ``--clock cpu``
+times with the process's CPU time instead of the wall clock: on a machine shared with other
+jobs it measures the work, not the waiting for a core.
 
 * ``--memory``: peak resident memory of a fresh process running forward+backward at 2048^2,
   max coc 65 (gather and scatter), minus the process's memory before the first call.
 * ``--neighbour``: the issue-17 case (scatter forward+backward, 384^2, max coc 25) in fresh
   processes while one busy-looping neighbour process runs, with default settings and with
   ``OMP_WAIT_POLICY=PASSIVE``; before the kernels had their own passive thread pool the default
-  was 8-12x slower.
+  was 8-12x slower.  Two rows: ``lensblur.defocus`` with autograd (which also runs PyTorch's own
+  element-wise ops: input validation, gradient accumulation, on PyTorch's OpenMP threads) and
+  the native operator's forward and backward alone.
 
 Timings on a shared machine are noisy: read the ratios, not the milliseconds.
 """
@@ -37,10 +42,13 @@ from benchmarks.workload import anchors_workload
 CASES = [(512, 33), (512, 65), (1024, 33), (1024, 65)]
 
 
+_CLOCK = time.perf_counter
+
+
 def _time(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
+    t = _CLOCK()
     fn()
-    return (time.perf_counter() - t) * 1e3
+    return (_CLOCK() - t) * 1e3
 
 
 def _fwd(img, coc, method):
@@ -81,7 +89,9 @@ def _median_ratio(a: List[float], b: List[float]) -> float:
 
 def report_timings(res, rounds: int) -> str:
     med = {k: statistics.median(v) for k, v in res.items()}
-    lines = [f"threads: {torch.get_num_threads()}, rounds: {rounds} (medians; ratios within a round)", "",
+    clock = "CPU time" if _CLOCK is time.process_time else "wall clock"
+    lines = [f"threads: {torch.get_num_threads()}, {clock}, rounds: {rounds} (medians; ratios "
+             f"within a round)", "",
              "| size, max coc | tap-loop gather (baseline) | native gather fwd | / baseline | "
              "native scatter fwd | / baseline | gather fwd+bwd | / gather fwd | scatter fwd+bwd | "
              "/ scatter fwd |",
@@ -124,9 +134,16 @@ import statistics, time, torch, lensblur
 from benchmarks.workload import anchors_workload
 img, coc, _ = anchors_workload(384, 384, 25.0)
 i, c = img.clone().requires_grad_(), coc.clone().requires_grad_()
+from lensblur.ops import native as nat
+ap = lensblur.Aperture.disk()
+tab, prm = ap.table_padded(), ap.kernel_params()
 def run():
-    out = lensblur.defocus(i, c, method="scatter", backend="native")
-    out.backward(torch.ones_like(out))
+    if MODE == "defocus":
+        out = lensblur.defocus(i, c, method="scatter", backend="native")
+        out.backward(torch.ones_like(out))
+    else:
+        out, den = nat.forward_impl(img, coc, tab, prm, "scatter")
+        nat.backward_impl(torch.ones_like(out), img, coc, tab, prm, "scatter", out, den)
 run()
 ts = []
 for _ in range(9):
@@ -155,26 +172,37 @@ def report_neighbour(rounds: int) -> str:
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.5)
-        dflt, passive = [], []
-        for _ in range(max(1, rounds // 2)):
-            dflt.append(_child(_NEIGHBOUR_CHILD, {}))
-            passive.append(_child(_NEIGHBOUR_CHILD, {"OMP_WAIT_POLICY": "PASSIVE"}))
+        rows = []
+        for mode, label in (("kernels", "native operator forward + backward"),
+                            ("defocus", "`lensblur.defocus` + autograd backward")):
+            code = _NEIGHBOUR_CHILD.replace("MODE", repr(mode))
+            dflt, passive = [], []
+            for _ in range(max(1, rounds // 2)):
+                dflt.append(_child(code, {}))
+                passive.append(_child(code, {"OMP_WAIT_POLICY": "PASSIVE"}))
+            d, p = statistics.median(dflt), statistics.median(passive)
+            rows.append(f"| {label} | {d:.1f} ms | {p:.1f} ms | {d / p:.2f}x |")
     finally:
         busy.kill()
         busy.wait()
-    d, p = statistics.median(dflt), statistics.median(passive)
-    return ("| busy neighbour: scatter fwd+bwd, 384², max coc 25 | default settings | "
-            "OMP_WAIT_POLICY=PASSIVE | default / passive |\n|---|---:|---:|---:|\n"
-            f"| {torch.get_num_threads()} threads, one busy-looping neighbour process | {d:.1f} ms | "
-            f"{p:.1f} ms | {d / p:.2f}x |")
+    return (f"Busy neighbour (one busy-looping process), scatter fwd+bwd, 384², max coc 25, "
+            f"{torch.get_num_threads()} threads, fresh processes, wall clock:\n\n"
+            "| what | default settings | OMP_WAIT_POLICY=PASSIVE | default / passive |\n"
+            "|---|---:|---:|---:|\n" + "\n".join(rows))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: as is)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--neighbour", action="store_true")
     args = ap.parse_args(argv)
+    global _CLOCK
+    _CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(report_timings(run_timings(args.rounds), args.rounds), flush=True)
     if args.memory:
         print("\n" + report_memory(), flush=True)

@@ -8,27 +8,34 @@
 //
 // Design
 // ------
-// * Everything is a gather.  Terms that the reference writes as a scatter (the gather's image
-//   gradient, the scatter's forward) are evaluated at their destination pixel by reading the
-//   neighbours' kernels, so every output value is computed by exactly one thread in a fixed order:
-//   results are bitwise identical for any thread count, and there are no atomics.
-// * Blocks of N pixels of one row (N = 64 bytes / sizeof(T): 16 floats or 8 doubles) keep their
-//   sums in vector registers (GCC vector extensions) while the loop walks over the taps (dx, dy).
-//   OpenMP distributes rows (dynamic schedule: blur, hence cost, varies over the image).
-// * Zero-padded copies of the inputs (KY rows, KX columns, plus N columns of slack on the right)
-//   remove every border test; plane 0 of the padded image is the validity mask, so the
-//   normaliser is one more "channel".  Planes are processed in groups of four (plane count
-//   rounded up), the row pitch avoids multiples of 4 KiB (L1 set aliasing).
-// * Tile max-coc culling: a block's own window is bounded by the largest radius in the block,
-//   row by row (a polygon lies inside the disk of the same radius); windows over *neighbours'*
-//   kernels use the largest radius of any tile whose footprint can reach the block's tile.
-//   Taps whose weight is 1 for the whole block skip the clamp; taps whose weight is 0 for the
-//   whole block are skipped; the coc derivative (non-zero only on the 1-px rim) only visits rim
-//   taps.
-// * Disk and polygon apertures without cat's eye take the fast path (the shape norm n(d) is one
-//   number per tap, precomputed); image tables and cat's-eye vignetting take the general path,
-//   which evaluates the weight per pixel exactly as Aperture.weight does.
-// * Memory is O(B C H W): the padded copies and a few maps, never an O(H W k^2) buffer.
+// * O(radius) spans (disk and polygon apertures, any rotation, roundness and squeeze, without
+//   cat's eye).  W(d; R) = clamp(R + 1/2 - n(d), 0, 1) with a convex shape norm n, so every kernel
+//   row is one run of weight 1 plus a soft rim at each end.  For a block of pixels of one row
+//   (one vector register: 8 floats / 4 doubles with AVX2) the taps of weight 1 for *every* pixel
+//   form one run per kernel row, summed with two lookups in row prefix sums kept in double; only
+//   the band around it (the rim, widened by the block's spread of radii) is visited tap by tap
+//   with each pixel's own weight, and W' lives only there.  See "O(radius) span kernels" below.
+//     gather forward        own-kernel spans over the image planes (plane 0 = validity mask)
+//     scatter forward       spans of each source written as +v / -v into per-output-row
+//                           difference rows (double), prefix-summed once; band taps direct
+//     gather backward       d coc: rim taps of p's own kernel; d image: the scatter's spread of gn
+//     scatter backward      own-kernel spans and rim taps over the gradient planes (gn, s)
+// * No atomics, bitwise identical for any thread count: every output row is computed by one
+//   thread, visiting its sources and taps in a fixed order.
+// * Image tables and cat's-eye vignetting (the weight is not a function of one norm per tap)
+//   keep the tap loops: blocks of N pixels (N = 64 bytes / sizeof(T)) keep their sums in vector
+//   registers while the loop walks over the taps (dx, dy), bounded by tile max-coc culling (a
+//   block's own window by its largest radius; windows over neighbours' kernels by the largest
+//   radius of any tile whose footprint can reach the block's tile); weights per pixel exactly as
+//   Aperture.weight.
+// * Zero-padded copies of the inputs (KY rows, KX columns, plus slack on the right) remove every
+//   border test; plane 0 of the padded image is the validity mask, so the normaliser is one more
+//   "channel".  Planes are processed in groups of four, the row pitch avoids multiples of 4 KiB.
+// * Threads: a small pool of std::threads that wait passively (condition variables), work items
+//   (rows) handed out by an atomic counter -- not OpenMP, whose spinning idle threads fought
+//   PyTorch's own OpenMP pool for the cores on a busy machine.
+// * Memory is O(B C H W): the padded copies, their prefix sums and a few maps, never an
+//   O(H W k^2) buffer.
 
 #include <algorithm>
 #include <atomic>
@@ -52,7 +59,7 @@ namespace {
 constexpr int G = 4;    // planes per group (sums of one group live in registers together)
 constexpr int TY = 8;   // rows per tile of the neighbour bound
 #if defined(__AVX512F__)
-constexpr int BY = 4;   // rows per block of the fast paths (BY x G accumulators in registers)
+constexpr int BY = 4;   // spare rows below the padded planes and around the tap-norm table
 #else
 constexpr int BY = 2;
 #endif
@@ -195,7 +202,7 @@ struct Ctx {
   double sqd = 1, reach = 1;
   int tab_h = 1, tab_w = 1;  // padded table size
   std::vector<T> tab;         // padded table (tab_h x tab_w)
-  std::vector<T> ntap;        // shape norm n(d) of every tap (disk, polygon); BY extra rows of
+  std::vector<T> ntap;        // shape norm n(d) of every tap (disk, polygon); BY spare rows of
                               // "far away" above and below the window
   std::vector<T> vxp, vyp;    // cat's-eye frame positions per padded column / row
   int nty = 0, ntx = 0;       // tiles of the neighbour bound
@@ -243,11 +250,6 @@ struct Ctx {
   }
   const T* ntap_row(int dy) const {
     return ntap.data() + static_cast<size_t>(dy + KY + BY) * NTX + KX;
-  }
-  // max over the block rows of the row bound: rows dy in [lo, hi]
-  int kx_span(double rm, int lo, int hi) const {
-    const int dmin = (lo <= 0 && hi >= 0) ? 0 : std::min(std::abs(lo), std::abs(hi));
-    return kx_for(rm, dmin);
   }
 };
 
@@ -352,14 +354,6 @@ inline void store_row(const Ctx<T>& k, const typename Vec<T>::type* acc, int g, 
   }
 }
 
-// store_row for the nr rows of a BY-row block.
-template <typename T>
-inline void store_rows(const Ctx<T>& k, typename Vec<T>::type (&acc)[BY][G], int g, T* dst,
-                       T (&dn)[BY][Vec<T>::N], bool normalise, int b, int y0, int nr, int x0,
-                       int nb) {
-  for (int r = 0; r < nr; ++r) store_row(k, acc[r], g, dst, dn[r], normalise, b, y0 + r, x0, nb);
-}
-
 // ------------------------------------------------------------------ gather forward
 // General path (image tables, cat's eye): one row of blocks, weights per pixel.
 template <typename T>
@@ -403,146 +397,11 @@ void gather_fwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, T* out, T* den, i
   }
 }
 
-// ------------------------------------------------------------------ fast paths: BY rows at once
-// Disk and polygon apertures without cat's eye: a tap's weight is clamp(R + 1/2 - n(d), 0, 1)
-// with one norm n per tap.  A block of BY x N pixels walks over the *source* rows; each source
-// vector is loaded once and used by all BY output rows (each with its own tap norm: rows beyond
-// the window read a norm of 1e30, weight 0), so the sums stay in BY x G vector registers.
-
-template <typename T>
-inline void block_range_rows(const Ctx<T>& k, const T* R, int nr, int nb, T& rmax, T& rmin) {
-  block_range(R, nb, rmax, rmin);
-  for (int r = 1; r < nr; ++r) {
-    T a, c;
-    block_range(R + static_cast<size_t>(r) * k.P, nb, a, c);
-    rmax = std::max(rmax, a);
-    rmin = std::min(rmin, c);
-  }
-}
-
-
-template <typename T>
-void gather_fwd_fast(const Ctx<T>& k, const T* Rp, const T* Ip, T* out, T* den, int b, int y0) {
-  typedef typename Vec<T>::type V;
-  constexpr int N = Vec<T>::N;
-  const int nr = std::min(BY, k.H - y0);
-  const T* Rb = Rp + b * k.plane;
-  const T* Ib = Ip + static_cast<size_t>(b) * k.NP * k.plane;
-  const size_t hw = static_cast<size_t>(k.H) * k.W;
-  for (int x0 = 0; x0 < k.W; x0 += N) {
-    const int nb = std::min(N, k.W - x0);
-    const size_t base = k.idx(y0, x0);
-    T rmax, rmin;
-    block_range_rows(k, Rb + base, nr, nb, rmax, rmin);
-    V R5[BY];
-    for (int r = 0; r < BY; ++r) R5[r] = vload<V>(Rb + base + static_cast<size_t>(r) * k.P) + T(0.5);
-    const int ky = k.ky_for(rmax);
-    alignas(64) T dn[BY][N];
-    for (int g = 0; g < k.NP; g += G) {
-      V acc[BY][G];
-      for (int r = 0; r < BY; ++r)
-        for (int c = 0; c < G; ++c) acc[r][c] = V{};
-      const T* pl = Ib + g * k.plane;
-      for (int sy = y0 - ky; sy <= y0 + nr - 1 + ky; ++sy) {
-        const int kx = k.kx_span(rmax, sy - y0 - (nr - 1), sy - y0);
-        if (kx < 0) continue;
-        const T* nrow[BY];
-        for (int r = 0; r < BY; ++r) nrow[r] = k.ntap_row(sy - y0 - r);
-        const T* src = pl + k.idx(sy, x0);
-        for (int dx = -kx; dx <= kx; ++dx) {
-          V s[G];
-          for (int c = 0; c < G; ++c) s[c] = vload<V>(src + dx + c * k.plane);
-          for (int r = 0; r < BY; ++r) {
-            const V w = vclamp01(R5[r] - nrow[r][dx]);
-            for (int c = 0; c < G; ++c) acc[r][c] += w * s[c];
-          }
-        }
-      }
-      store_rows(k, acc, g, out, dn, true, b, y0, nr, x0, nb);
-    }
-    for (int r = 0; r < nr; ++r) {
-      T* d = den + static_cast<size_t>(b) * hw + static_cast<size_t>(y0 + r) * k.W + x0;
-      for (int j = 0; j < nb; ++j) d[j] = dn[r][j];
-    }
-  }
-}
-
-// acc[r][c] += sum over sources q = p - d of W(d; c(q)) [iz(q)] plane_c(q), for the BY x N block
-// at (y0, x0); rn bounds the radius of every source whose footprint reaches the block.
-template <typename T, bool SCALE>
-inline void neighbour_sums_fast(const Ctx<T>& k, const T* Rb, const T* Zb, const T* pl, int b,
-                                int y0, int nr, int x0, T rn, typename Vec<T>::type (&acc)[BY][G]) {
-  typedef typename Vec<T>::type V;
-  const int kyn = k.ky_for(rn);
-  const int bx = x0 / Vec<T>::N;
-  const int cb = (k.kx_for(rn, 0) + Vec<T>::N - 1) / Vec<T>::N;
-  const int b0 = std::max(bx - cb, 0), b1 = std::min(bx + cb, k.ntx - 1);
-  // sources outside the frame carry nothing: only frame rows
-  for (int sq = std::max(y0 - kyn, 0); sq <= std::min(y0 + nr - 1 + kyn, k.H - 1); ++sq) {
-    // the largest radius among this row's sources that can reach the block
-    const T* bm = k.bmax.data() + (static_cast<size_t>(b) * k.H + sq) * k.ntx;
-    T rq = bm[b0];
-    for (int i = b0 + 1; i <= b1; ++i) rq = std::max(rq, bm[i]);
-    rq = std::min(rq, rn);
-    const int kx = k.kx_span(rq, y0 - sq, y0 + nr - 1 - sq);
-    if (kx < 0) continue;
-    const T* nrow[BY];
-    for (int r = 0; r < BY; ++r) nrow[r] = k.ntap_row(y0 + r - sq);
-    const size_t qrow = k.idx(sq, x0);
-    for (int dx = -kx; dx <= kx; ++dx) {
-      const size_t q = qrow - dx;
-      const V rq5 = vload<V>(Rb + q) + T(0.5);
-      V zq = V{};
-      if (SCALE) zq = vload<V>(Zb + q);
-      V s[G];
-      for (int c = 0; c < G; ++c) s[c] = vload<V>(pl + q + c * k.plane);
-      for (int r = 0; r < BY; ++r) {
-        V w = vclamp01(rq5 - nrow[r][dx]);
-        if (SCALE) w *= zq;
-        for (int c = 0; c < G; ++c) acc[r][c] += w * s[c];
-      }
-    }
-  }
-}
-
-// Sums over the neighbours' own kernels (sources q = p - d) for a BY x N block, stored by
-// store_rows: with SCATTER the scatter forward (weights a = W / Z(q), normalised by den, which is
-// written too), without it the gather's image gradient dI(q) = sum_d W(d; c(q-d)) gn(q-d).
-template <typename T, bool SCATTER>
-void neighbour_fast(const Ctx<T>& k, const T* Rp, const T* Ip, const T* izp, T* dst, T* den,
-                    int b, int y0) {
-  typedef typename Vec<T>::type V;
-  constexpr int N = Vec<T>::N;
-  const int nr = std::min(BY, k.H - y0);
-  const T* Rb = Rp + b * k.plane;
-  const T* Zb = SCATTER ? izp + b * k.plane : nullptr;
-  const T* Ib = Ip + static_cast<size_t>(b) * k.NP * k.plane;
-  const size_t hw = static_cast<size_t>(k.H) * k.W;
-  for (int x0 = 0; x0 < k.W; x0 += N) {
-    const int nb = std::min(N, k.W - x0);
-    const T rn = k.tnb[(static_cast<size_t>(b) * k.nty + y0 / TY) * k.ntx + x0 / N];
-    alignas(64) T dn[BY][N];
-    for (int g = 0; g < k.NP; g += G) {
-      if (g > k.C) continue;
-      V acc[BY][G];
-      for (int r = 0; r < BY; ++r)
-        for (int c = 0; c < G; ++c) acc[r][c] = V{};
-      neighbour_sums_fast<T, SCATTER>(k, Rb, Zb, Ib + g * k.plane, b, y0, nr, x0, rn, acc);
-      store_rows(k, acc, g, dst, dn, SCATTER, b, y0, nr, x0, nb);
-    }
-    if (SCATTER) {
-      for (int r = 0; r < nr; ++r) {
-        T* d = den + static_cast<size_t>(b) * hw + static_cast<size_t>(y0 + r) * k.W + x0;
-        for (int j = 0; j < nb; ++j) d[j] = dn[r][j];
-      }
-    }
-  }
-}
-
 // ------------------------------------------------------------------ gather backward
 // dI(q) = sum_d W(d; c(q-d), q-d) gn(q-d)                   (neighbours' kernels)
 // dc(p) = sum_d W'(d; c(p), p) valid(p+d) [sum_ch gn(p) I(p+d)] - s(p) sum_d W' valid(p+d)
-template <typename T, bool FAST>
+// (tap loops: image tables and cat's eye; disk and polygon use the span kernels)
+template <typename T>
 void gather_bwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* Gp, T* d_img, T* d_coc,
                     int b, int y, std::vector<typename Vec<T>::type>& gnp, bool do_dimg) {
   typedef typename Vec<T>::type V;
@@ -560,8 +419,6 @@ void gather_bwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* Gp, T* d
     const T* vx = k.cats ? k.vxp.data() + k.KX + x0 : nullptr;
     T rmax, rmin;
     block_range(R, nb, rmax, rmin);
-    const T rm5 = rmax + T(0.5), rmin5 = rmin + T(0.5);
-    const V R5 = vload<V>(R) + T(0.5);
     // ---- d coc: p's own kernel derivative over p's own window (rim taps only)
     gnp[0] = V{};
     for (int c = 1; c < k.NP; ++c) gnp[c] = vload<V>(Gb + c * k.plane + base);
@@ -579,26 +436,10 @@ void gather_bwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* Gp, T* d
         acc += dw * gi;
         wsum += dw * vload<V>(s);
       };
-      if (FAST) {
-        // Only rim taps carry a derivative.  Shapes are convex, so the taps of weight 1 for the
-        // whole block form one run [a, b] of the row: walk in from both ends and stop there.
-        int a = -kx;
-        for (; a <= kx; ++a) {
-          const T n = nrow[a];
-          if (rmin5 - n >= T(1)) break;
-          if (rm5 - n > T(0)) tap(a, rim_dw(R5 - n));
-        }
-        for (int dx = kx; dx > a; --dx) {
-          const T n = nrow[dx];
-          if (rmin5 - n >= T(1)) break;
-          if (rm5 - n > T(0)) tap(dx, rim_dw(R5 - n));
-        }
-      } else {
-        for (int dx = -kx; dx <= kx; ++dx) {
-          V w, dw;
-          weight_block(k, dx, dy, k.kind == 2 ? T(0) : nrow[dx], R, vx, vy, w, &dw);
-          tap(dx, dw);
-        }
+      for (int dx = -kx; dx <= kx; ++dx) {
+        V w, dw;
+        weight_block(k, dx, dy, k.kind == 2 ? T(0) : nrow[dx], R, vx, vy, w, &dw);
+        tap(dx, dw);
       }
     }
     {
@@ -612,7 +453,6 @@ void gather_bwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* Gp, T* d
     // ---- d image: a gather over the neighbours p = q - d with their own kernels
     if (!do_dimg) continue;
     const T rn = k.tnb[(static_cast<size_t>(b) * k.nty + y / TY) * k.ntx + x0 / N];
-    const T rn5 = rn + T(0.5);
     const int kyn = k.ky_for(rn);
     for (int g = 0; g < k.NP; g += G) {
       if (g + G <= 1 || g > k.C) continue;  // groups with no real channel
@@ -628,15 +468,9 @@ void gather_bwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* Gp, T* d
         for (int dx = -kx; dx <= kx; ++dx) {
           const ptrdiff_t q = qrow - dx;  // offset of the neighbour p = q - d
           V w;
-          if (FAST) {
-            const T n = nrow[dx];
-            if (rn5 - n <= T(0)) continue;
-            w = vclamp01((vload<V>(R + q) + T(0.5)) - n);
-          } else {
-            weight_block(k, dx, dy, k.kind == 2 ? T(0) : nrow[dx], R + q,
-                         k.cats ? k.vxp.data() + k.KX + x0 - dx : nullptr, vyq, w,
-                         static_cast<V*>(nullptr));
-          }
+          weight_block(k, dx, dy, k.kind == 2 ? T(0) : nrow[dx], R + q,
+                       k.cats ? k.vxp.data() + k.KX + x0 - dx : nullptr, vyq, w,
+                       static_cast<V*>(nullptr));
           const T* s = pl + q;
           for (int c = 0; c < G; ++c) dimg[c] += w * vload<V>(s + c * k.plane);
         }
@@ -738,7 +572,8 @@ void scatter_fwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* izp, T*
 // ------------------------------------------------------------------ scatter backward
 // With da(q, d) = sum_ch I(q) gn(q+d) - s(q+d) (gn, s zero outside the frame):
 // dI(q) = sum_d W gn(q+d) / Z;  dc(q) = sum_d W' da / Z - Z' sum_d W da / Z^2.
-template <typename T, bool FAST>
+// (tap loops: image tables and cat's eye; disk and polygon use the span kernels)
+template <typename T>
 void scatter_bwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* Gp, T* d_img, T* d_coc,
                      int b, int y) {
   typedef typename Vec<T>::type V;
@@ -755,8 +590,6 @@ void scatter_bwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* Gp, T* 
     const T* vx = k.cats ? k.vxp.data() + k.KX + x0 : nullptr;
     T rmax, rmin;
     block_range(R, nb, rmax, rmin);
-    const T rm5 = rmax + T(0.5), rmin5 = rmin + T(0.5);
-    const V R5 = vload<V>(R) + T(0.5);
     const int ky = k.ky_for(rmax);
     V z = V{}, zp = V{}, pa = V{}, qa = V{}, ps = V{}, qs = V{};
     V iz = V{};
@@ -775,45 +608,21 @@ void scatter_bwd_row(const Ctx<T>& k, const T* Rp, const T* Ip, const T* Gp, T* 
         const T* src = pl + static_cast<ptrdiff_t>(dy) * k.P;
         for (int dx = -kx; dx <= kx; ++dx) {
           const T n = nrow[dx];
-          if (FAST && rm5 - n <= T(0)) continue;
           const T* s = src + dx;
           V gq[G];
           for (int c = 0; c < G; ++c) gq[c] = vload<V>(s + c * k.plane);
           V gi = V{};
           for (int c = 0; c < G; ++c) gi += iq[c] * gq[c];
-          if (FAST) {
-            if (rmin5 - n >= T(1)) {  // weight 1, derivative 0 for the whole block
-              for (int c = 0; c < G; ++c) dimg[c] += gq[c];
-              qa += gi;
-              if (g == 0) {
-                z += T(1);
-                qs += gq[0];
-              }
-              continue;
-            }
-            const V t = R5 - n;
-            const V w = vclamp01(t), dw = rim_dw(t);
-            for (int c = 0; c < G; ++c) dimg[c] += w * gq[c];
-            pa += dw * gi;
-            qa += w * gi;
-            if (g == 0) {
-              z += w;
-              zp += dw;
-              ps += dw * gq[0];
-              qs += w * gq[0];
-            }
-          } else {
-            V w, dw;
-            weight_block(k, dx, dy, n, R, vx, vy, w, &dw);
-            for (int c = 0; c < G; ++c) dimg[c] += w * gq[c];
-            pa += dw * gi;
-            qa += w * gi;
-            if (g == 0) {
-              z += w;
-              zp += dw;
-              ps += dw * gq[0];
-              qs += w * gq[0];
-            }
+          V w, dw;
+          weight_block(k, dx, dy, n, R, vx, vy, w, &dw);
+          for (int c = 0; c < G; ++c) dimg[c] += w * gq[c];
+          pa += dw * gi;
+          qa += w * gi;
+          if (g == 0) {
+            z += w;
+            zp += dw;
+            ps += dw * gq[0];
+            qs += w * gq[0];
           }
         }
       }
@@ -1476,12 +1285,12 @@ void backward(const T* grad, const T* img, const T* coc, const T* table, int tab
       neighbour_bound(k, Rp.get(), nthreads);
       parallel_for(rows, nthreads, [&](long r) {
         std::vector<typename Vec<T>::type> gnp;
-        gather_bwd_row<T, false>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc,
+        gather_bwd_row<T>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc,
                                  static_cast<int>(r / H), static_cast<int>(r % H), gnp, true);
       });
     } else {
       parallel_for(rows, nthreads, [&](long r) {
-        scatter_bwd_row<T, false>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc,
+        scatter_bwd_row<T>(k, Rp.get(), Ip.get(), Gp.get(), d_img, d_coc,
                                   static_cast<int>(r / H), static_cast<int>(r % H));
       });
     }

@@ -1,9 +1,9 @@
-r"""Native C++/OpenMP CPU kernels for the gather and scatter blur operators, forward and backward.
+r"""Native C++ CPU kernels for the gather and scatter blur operators, forward and backward.
 
 The math is exactly that of :mod:`lensblur.ops.reference`; the kernels live in
-``csrc/lensblur_native.cpp`` (its header comment explains the design: blocks of pixels whose sums
-stay in vector registers, zero-padded planes with a mask channel, tile max-coc culling, a fast
-path for disk and polygon apertures, no atomics).  This module builds them, wraps them as PyTorch
+``csrc/lensblur_native.cpp`` (its header comment explains the design: O(radius) runs over row
+prefix sums and difference rows for disk and polygon apertures, tap loops with tile max-coc
+culling for image tables and cat's eye, zero-padded planes with a mask channel, no atomics).  This module builds them, wraps them as PyTorch
 operators through :func:`lensblur.ops._wiring.define_defocus_op` (the same wiring as the Triton
 backend) and exposes the backend entry :func:`defocus`.
 
@@ -25,8 +25,9 @@ reference, and an explicit ``backend="native"`` raises :class:`~lensblur.LensBlu
 
 Threads and determinism
 -----------------------
-The kernels use ``torch.get_num_threads()`` OpenMP threads (one for images of fewer than
-:data:`SERIAL_BELOW` pixels).  Every output value is computed by one thread in a fixed order, so
+The kernels use ``torch.get_num_threads()`` threads of their own passively waiting pool (one for
+images of fewer than :data:`SERIAL_BELOW` pixels), so they stay fast next to PyTorch's OpenMP
+threads and other busy processes without any environment variable.  Every output value is computed by one thread in a fixed order, so
 results are bitwise identical for any thread count.
 
 Example:
