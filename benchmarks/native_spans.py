@@ -1,7 +1,7 @@
 """Native CPU kernels: O(radius) spans against a plain tiled tap-loop gather, in one run.
 
     PYTHONPATH=. python -m benchmarks.native_spans [--rounds 7] [--threads N] [--clock cpu]
-                                                   [--memory] [--neighbour]
+                                                   [--memory] [--neighbour] [--no-timings]
 
 Workload of ``shared/ANCHORS.md`` (``benchmarks.workload``), batch 1, float32, disk aperture.
 Every round times the baseline (:func:`benchmarks.baselines.tap_gather`, the O(radius^2) tiled
@@ -198,12 +198,14 @@ def main(argv=None) -> int:
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--neighbour", action="store_true")
+    ap.add_argument("--no-timings", action="store_true", help="skip the baseline table")
     args = ap.parse_args(argv)
     global _CLOCK
     _CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(report_timings(run_timings(args.rounds), args.rounds), flush=True)
+    if not args.no_timings:
+        print(report_timings(run_timings(args.rounds), args.rounds), flush=True)
     if args.memory:
         print("\n" + report_memory(), flush=True)
     if args.neighbour:
