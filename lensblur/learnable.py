@@ -47,6 +47,9 @@ def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     return x + torch.log(-torch.expm1(-x))
 
 
+#: Largest side (texels) of a :class:`LearnableAperture` (a million learnable texels).
+MAX_APERTURE_SIZE = 1023
+
 class LearnableAperture(nn.Module):
     """A free-form aperture kernel ``softplus(logits)`` of ``size x size`` texels.
 
@@ -69,6 +72,8 @@ class LearnableAperture(nn.Module):
         super().__init__()
         if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 3 or size % 2 == 0:
             raise LensBlurError(f"`size` must be an odd integer >= 3, got {size!r}")
+        if size > MAX_APERTURE_SIZE:
+            raise LensBlurError(f"`size` must be <= {MAX_APERTURE_SIZE} texels, got {size}")
         if init is None:
             init = Aperture.disk()
         if isinstance(init, Aperture):
