@@ -1,0 +1,147 @@
+"""Reliability: no hang, crash or giant allocation on any input (issue 18).
+
+Every test here is small and fast; the ones that could hang or crash the interpreter run in a
+subprocess with a timeout.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import lensblur
+from lensblur.apertures import MAX_BLADES, MAX_KERNEL_PX
+from lensblur.defocus import coc_limit_px
+from lensblur.ops import reference
+
+BACKENDS = [b for b in ("torch", "native", "triton") if b in lensblur.available_backends("cpu")]
+
+
+# ----------------------------------------------------------------------------- huge blur
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", ["gather", "scatter"])
+def test_huge_coc_costs_what_the_frame_costs(backend, method):
+    """A coc of 1e6 px (and 4.3e9: past 32-bit ints; 1e30: NaN under Triton before) on a small
+    image finishes quickly with the result of a coc of the frame's size, gradients included."""
+    n = 4 if backend == "triton" else 8         # the Triton interpreter is slow
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(1, 2, n, n, generator=g)
+    frame = coc_limit_px(lensblur.Aperture.disk(), n, n)
+    ref_coc = torch.full((1, 1, n, n), frame, requires_grad=True)
+    ref = lensblur.defocus(img, ref_coc, method=method, backend=backend)
+    assert not torch.allclose(ref, img, atol=1e-3)     # a real blur
+    values = (1e6,) if backend == "triton" else (1e6, 4.3e9, 1e30)
+    for value in values:
+        coc = torch.full((1, 1, n, n), value, requires_grad=True)
+        t0 = time.perf_counter()
+        out = lensblur.defocus(img, coc, method=method, backend=backend)
+        out.sum().backward()
+        assert time.perf_counter() - t0 < 30.0
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        assert torch.isfinite(coc.grad).all()
+
+
+APERTURES = {
+    "disk": lensblur.Aperture.disk(),
+    "polygon": lensblur.Aperture.polygon(5, rotation_deg=10.0, roundness=0.3),
+    "squeezed": lensblur.Aperture.disk(squeeze=1.5),
+    "catseye": lensblur.Aperture.disk(cats_eye=0.5),
+}
+
+
+@pytest.mark.parametrize("name", list(APERTURES))
+@pytest.mark.parametrize("method", ["gather", "scatter"])
+def test_clamped_blur_matches_the_unclamped_reference(name, method):
+    """Cocs beyond the frame limit mixed with small ones: the bounded blur equals the reference
+    run on the true cocs (exactly for the gather; the scatter's reweighting to ~1e-3), values
+    and gradients.  A plain clamp of the scatter would be off by ~0.15 here."""
+    ap = APERTURES[name]
+    n = 5
+    limit = coc_limit_px(ap, n, n)
+    g = torch.Generator().manual_seed(1)
+    img = torch.rand(1, 2, n, n, generator=g, dtype=torch.float64, requires_grad=True)
+    coc = 3.0 * torch.rand(1, 1, n, n, generator=g, dtype=torch.float64)
+    coc[..., :3, :] = limit * torch.tensor([1.2, 1.5, 2.0], dtype=torch.float64).view(3, 1)
+    coc.requires_grad_(True)
+    true = reference.defocus(img, coc, ap, method)           # no bound: window of 2x the limit
+    got = lensblur.defocus(img, coc, ap, method, backend="torch")
+    w = torch.randn(true.shape, generator=g, dtype=torch.float64)
+    g_true = torch.autograd.grad(true, (img, coc), w)
+    g_got = torch.autograd.grad(got, (img, coc), w)
+    tol = 0.0 if method == "gather" else 2e-3
+    assert float((true - got).detach().abs().max()) <= tol
+    for a, b in zip(g_true, g_got):
+        assert float((a - b).abs().max()) <= 2.5 * tol
+    if method == "scatter":
+        with torch.no_grad():
+            naive = reference.defocus(img, coc.clamp(max=limit), ap, method)
+        assert float((true - naive).detach().abs().max()) > 0.05     # the reweighting matters
+
+
+def test_huge_coc_gradcheck_scatter():
+    """The reweighted scatter is differentiable through the weights (float64 gradcheck)."""
+    n = 4
+    limit = coc_limit_px(lensblur.Aperture.disk(), n, n)
+    g = torch.Generator().manual_seed(2)
+    img = torch.rand(1, 1, n, n, generator=g, dtype=torch.float64, requires_grad=True)
+    coc = torch.rand(1, 1, n, n, generator=g, dtype=torch.float64) * 2.0
+    coc[..., :2, :] += 1.5 * limit
+    coc.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda i, c: lensblur.defocus(i, c, method="scatter", backend="torch"), (img, coc),
+        fast_mode=True)
+
+
+def test_layered_render_with_a_huge_coc_is_bounded():
+    """``render(method="layered")`` blurs through ``defocus``: a lens a hair beyond its focal
+    length (coc ~1e8 px) renders a 12x12 image in seconds, finite."""
+    img = torch.rand(1, 3, 12, 12)
+    depth = torch.linspace(1.0, 5.0, 12).view(1, 1, 1, 12).expand(1, 1, 12, 12).contiguous()
+    lens = lensblur.ThinLens(focal_length_mm=50.0, f_number=1e-3, focus_distance_m=0.0500001)
+    assert float(lens.coc_px(depth, 12).max()) > 1e6
+    t0 = time.perf_counter()
+    out = lensblur.render(img, depth, lens, backend="torch")
+    assert time.perf_counter() - t0 < 30.0
+    assert torch.isfinite(out).all()
+
+
+# ----------------------------------------------------------------------------- polygon blades
+@pytest.mark.parametrize("blades", [MAX_BLADES + 1, 1_000_000, 2 ** 31 + 3])
+def test_blade_count_is_bounded(blades):
+    with pytest.raises(lensblur.LensBlurError, match="blades"):
+        lensblur.Aperture.polygon(blades=blades)
+    with pytest.raises(lensblur.LensBlurError, match="blades"):
+        lensblur.Aperture.polygon(blades=6).replace(blades=blades)
+    assert lensblur.Aperture.polygon(blades=MAX_BLADES).blades == MAX_BLADES
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="native kernels unavailable")
+def test_native_entry_refuses_what_it_cannot_index():
+    """Called directly (past ``defocus``), the native op refuses a blade count that would overflow
+    its int index (it segfaulted) and cocs past 2**24 px (they overflowed to an unchanged image)."""
+    from lensblur.ops import native
+    img, tab = torch.rand(1, 1, 4, 4), torch.zeros(1, 1)
+    ok = torch.full((1, 1, 4, 4), 2.0)
+    with pytest.raises(lensblur.LensBlurError, match="blades"):
+        native.forward_impl(img, ok, tab, [1.0, float(2 ** 31 + 3), 0.0, 0.0, 1.0, 0.0], "gather")
+    with pytest.raises(lensblur.LensBlurError, match="coc"):
+        native.forward_impl(img, torch.full((1, 1, 4, 4), 4.3e9), tab,
+                            [0.0, 0.0, 0.0, 1.0, 1.0, 0.0], "gather")
+    out, _ = native.forward_impl(img, ok, tab, [1.0, 6.0, 0.0, 0.0, 1.0, 0.0], "gather")
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("diameter", [MAX_KERNEL_PX * 1.5, 1e5, 1e30])
+def test_kernel_size_is_bounded(diameter):
+    with pytest.raises(lensblur.LensBlurError, match="diameter_px"):
+        lensblur.Aperture.disk().kernel(diameter)
+
+
+def test_learnable_aperture_size_is_bounded():
+    from lensblur.learnable import MAX_APERTURE_SIZE, LearnableAperture
+    with pytest.raises(lensblur.LensBlurError, match="size"):
+        LearnableAperture(size=100001)
+    with pytest.raises(lensblur.LensBlurError, match="size"):
+        LearnableAperture(size=MAX_APERTURE_SIZE + 2)
