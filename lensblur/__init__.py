@@ -5,11 +5,23 @@ Data flows one way: image + depth -> coc (:mod:`~lensblur.optics`) -> layers
 backend kernel (:mod:`lensblur.ops`).
 """
 
-from .apertures import Aperture
-from .defocus import available_backends, defocus
-from .optics import ThinLens, disparity_coc
-from .render import LensBlur, render
-from .validation import LensBlurError
+import os as _os
+
+import torch as _torch
+
+# Triton kernels run under its interpreter on machines without CUDA; the variable must be set
+# before triton is first imported (``torch._dynamo``, imported below, imports it).
+try:
+    if not _torch.cuda.is_available():
+        _os.environ.setdefault("TRITON_INTERPRET", "1")
+except Exception:  # pragma: no cover - a broken CUDA setup must not break ``import lensblur``
+    pass
+
+from .apertures import Aperture  # noqa: E402
+from .defocus import available_backends, defocus  # noqa: E402
+from .optics import ThinLens, disparity_coc  # noqa: E402
+from .render import LensBlur, render  # noqa: E402
+from .validation import LensBlurError  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -60,8 +60,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             return preferred
         return "torch"
     if not _available(backend, device):
-        raise LensBlurError(f"`backend` {backend!r} is not available for {device.type} tensors here; "
-                            f"available: {', '.join(available_backends(device))}")
+        mod = _module(backend)
+        reason = getattr(mod, "unavailable_reason", lambda: None)() if mod is not None else None
+        why = f" ({reason})" if reason else ""
+        raise LensBlurError(f"`backend` {backend!r} is not available for {device.type} tensors "
+                            f"here{why}; available: {', '.join(available_backends(device))}")
     return backend
 
 

@@ -6,6 +6,7 @@ subprocess with a timeout.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 
 import pytest
@@ -145,3 +146,43 @@ def test_learnable_aperture_size_is_bounded():
         LearnableAperture(size=100001)
     with pytest.raises(lensblur.LensBlurError, match="size"):
         LearnableAperture(size=MAX_APERTURE_SIZE + 2)
+
+
+# ----------------------------------------------------------------------------- Triton on a CPU machine
+_TRITON_CHILD = """
+import sys
+if sys.argv[1] == "triton-first":
+    import triton.language          # before lensblur could set TRITON_INTERPRET
+import torch, lensblur
+offered = "triton" in lensblur.available_backends("cpu")
+img, coc = torch.rand(1, 1, 4, 4), torch.full((1, 1, 4, 4), 2.0)
+try:
+    out = lensblur.defocus(img, coc, backend="triton")
+    diff = float((out - lensblur.defocus(img, coc, backend="torch")).abs().max())
+    print("RESULT ran", offered, diff)
+except lensblur.LensBlurError as exc:
+    print("RESULT refused", offered, str(exc).replace(" ", "_"))
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only interpreter path")
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton missing")
+def test_triton_backend_on_cpu_without_the_variable():
+    """Fresh processes WITHOUT ``TRITON_INTERPRET``: ``import lensblur`` activates the
+    interpreter before anything imports triton, so the offered backend runs and matches the
+    reference; if triton was imported first the backend is not offered and says why."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    results = {}
+    for mode in ("plain", "triton-first"):
+        proc = subprocess.run([sys.executable, "-c", _TRITON_CHILD, mode], env=env,
+                              capture_output=True, text=True, timeout=120)
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+        assert line, proc.stdout + proc.stderr[-3000:]
+        results[mode] = line[0].split()[1:]
+    kind, offered, diff = results["plain"]
+    assert (kind, offered) == ("ran", "True") and float(diff) < 1e-5
+    kind, offered, why = results["triton-first"]
+    assert (kind, offered) == ("refused", "False") and "TRITON_INTERPRET" in why
