@@ -186,3 +186,161 @@ def test_triton_backend_on_cpu_without_the_variable():
     assert (kind, offered) == ("ran", "True") and float(diff) < 1e-5
     kind, offered, why = results["triton-first"]
     assert (kind, offered) == ("refused", "False") and "TRITON_INTERPRET" in why
+
+
+# ----------------------------------------------------------------------------- CLI file inputs
+def _npy_bytes(arr) -> bytes:
+    import io as _io
+
+    import numpy as np
+    buf = _io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _png_bytes(h=6, w=7) -> bytes:
+    import io as _io
+
+    import numpy as np
+    from PIL import Image
+    buf = _io.BytesIO()
+    Image.fromarray((np.arange(h * w * 3) % 251).astype(np.uint8).reshape(h, w, 3)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_npy_header_claiming_a_huge_array_is_refused_before_allocating(tmp_path):
+    from lensblur.io import read_depth
+    header = _npy_bytes(__import__("numpy").zeros((2, 2), "<f4"))
+    huge = header.replace(b"(2, 2)", b"(100000, 100000)")
+    (tmp_path / "d.npy").write_bytes(huge)
+    t0 = time.perf_counter()
+    with pytest.raises(lensblur.LensBlurError, match="header claims"):
+        read_depth(tmp_path / "d.npy")
+    assert time.perf_counter() - t0 < 1.0
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("bool", "real numbers"), ("complex", "real numbers"), ("rgb", "2-D map"),
+    ("strings", "real numbers"), ("object", "plain data"),
+])
+def test_depth_npy_of_the_wrong_kind_is_rejected(tmp_path, bad, match):
+    import numpy as np
+
+    from lensblur.io import read_depth
+    arrays = {"bool": np.ones((4, 4), bool), "complex": np.ones((4, 4), np.complex64),
+              "rgb": np.stack([np.ones((4, 4)), -np.ones((4, 4)), np.ones((4, 4))], -1),
+              "strings": np.array([["a", "b"], ["c", "d"]])}
+    path = tmp_path / "d.npy"
+    if bad == "object":
+        np.save(path, np.array([[1, None]], dtype=object), allow_pickle=True)
+    else:
+        np.save(path, arrays[bad])
+    with pytest.raises(lensblur.LensBlurError, match=match):
+        read_depth(path)
+
+
+def test_depth_npy_with_one_channel_is_read(tmp_path):
+    import numpy as np
+
+    from lensblur.io import read_depth
+    for shape in ((5, 6, 1), (1, 5, 6)):
+        np.save(tmp_path / "d.npy", np.full(shape, 2.0, np.float32))
+        assert read_depth(tmp_path / "d.npy").shape == (1, 1, 5, 6)
+
+
+def _cli(argv):
+    from lensblur.cli import main
+    return main([str(a) for a in argv])
+
+
+LENS_ARGS = ["--focal-length", "50", "--f-number", "2", "--focus", "2", "--backend", "torch",
+             "--method", "gather", "--no-progress"]
+
+
+@pytest.fixture
+def small_inputs(tmp_path):
+    import numpy as np
+    (tmp_path / "photo.png").write_bytes(_png_bytes(8, 8))
+    np.save(tmp_path / "depth.npy", np.linspace(1, 4, 64, dtype=np.float32).reshape(8, 8))
+    return tmp_path
+
+
+def test_cli_refuses_to_overwrite_an_input_or_an_existing_file(small_inputs, capsys):
+    t = small_inputs
+    before = (t / "photo.png").read_bytes()
+    assert _cli(["render", t / "photo.png", t / "depth.npy", *LENS_ARGS, "--out", t / "photo.png"]) == 2
+    assert _cli(["render", t / "photo.png", t / "depth.npy", *LENS_ARGS, "--out",
+                 t / "." / "photo.png", "--overwrite"]) == 2
+    assert "input" in capsys.readouterr().err
+    assert (t / "photo.png").read_bytes() == before
+    (t / "o.png").write_bytes(b"keep me")
+    assert _cli(["render", t / "photo.png", t / "depth.npy", *LENS_ARGS, "--out", t / "o.png"]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (t / "o.png").read_bytes() == b"keep me"
+    assert _cli(["render", t / "photo.png", t / "depth.npy", *LENS_ARGS, "--out", t / "o.png",
+                 "--overwrite"]) == 0
+    assert (t / "o.png").read_bytes() != b"keep me"
+
+
+def test_cli_malformed_npy_and_bad_devices_exit_2(small_inputs, capsys):
+    t = small_inputs
+    (t / "bad.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")
+    assert _cli(["render", t / "photo.png", t / "bad.npy", *LENS_ARGS, "--out", t / "o.png"]) == 2
+    assert "bad.npy" in capsys.readouterr().err
+    assert _cli(["render", t / "photo.png", t / "depth.npy", *LENS_ARGS, "--device", "meta",
+                 "--out", t / "o.png"]) == 2
+    assert "--device" in capsys.readouterr().err
+    t0 = time.perf_counter()
+    assert _cli(["demo", "--height", "100000", "--width", "100000", "--out", t / "demo",
+                 "--no-progress"]) == 2
+    assert "--height" in capsys.readouterr().err and time.perf_counter() - t0 < 5.0
+
+
+def _fuzz_settings():
+    from hypothesis import HealthCheck, settings
+    return settings(max_examples=60, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+def _mutations(st, seed: bytes):
+    """Random bytes, or ``seed`` with a few bytes overwritten / the tail cut / bytes inserted."""
+    flips = st.lists(st.tuples(st.integers(0, len(seed) - 1), st.integers(0, 255)), max_size=6)
+
+    def mutate(args):
+        edits, cut, insert = args
+        b = bytearray(seed)
+        for i, v in edits:
+            b[i] = v
+        b = b[:cut] if cut else b
+        return bytes(b) + insert
+    return st.one_of(st.binary(max_size=300),
+                     st.tuples(flips, st.integers(0, len(seed)), st.binary(max_size=8)).map(mutate))
+
+
+def test_fuzz_file_readers(tmp_path):
+    """Random and mutated ``.npy`` and PNG bytes: the readers return a valid map or raise
+    LensBlurError (never another exception, never a long wait)."""
+    import numpy as np
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from lensblur.io import read_depth, read_image
+    npy_seed = _npy_bytes(np.linspace(1, 2, 12, dtype="<f4").reshape(3, 4))
+    png_seed = _png_bytes()
+
+    @_fuzz_settings()
+    @given(npy=_mutations(st, npy_seed), png=_mutations(st, png_seed))
+    def run(npy, png):
+        for data, name, read in ((npy, "d.npy", read_depth), (png, "d.png", read_depth),
+                                 (png, "i.png", read_image)):
+            path = tmp_path / name
+            path.write_bytes(data)
+            t0 = time.perf_counter()
+            try:
+                out = read(path)
+            except lensblur.LensBlurError:
+                continue
+            finally:
+                assert time.perf_counter() - t0 < 2.0
+            assert out.dim() == 4 and out.dtype == torch.float32 and torch.isfinite(out).all()
+
+    run()
