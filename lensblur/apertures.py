@@ -73,6 +73,14 @@ class Aperture:
     cats_eye: float = 0.0
     table: Optional[torch.Tensor] = None  # max-normalised (h, w) float32, unpadded
 
+    def __post_init__(self):
+        # every way of making one (constructors, replace, the dataclass itself) bounds the kind
+        # and the blade count that the kernels index
+        if self.kind not in KIND_IDS:
+            raise LensBlurError(f"`kind` must be one of {', '.join(KIND_IDS)}, got {self.kind!r}")
+        if self.kind == "polygon" and not (3 <= self.blades <= MAX_BLADES):
+            raise LensBlurError(f"`blades` must lie in [3, {MAX_BLADES}], got {self.blades}")
+
     # ---------------------------------------------------------------- constructors
     @classmethod
     def disk(cls, *, squeeze: float = 1.0, cats_eye: float = 0.0) -> "Aperture":
@@ -137,8 +145,6 @@ class Aperture:
     def replace(self, **changes) -> "Aperture":
         """A copy with some fields changed (e.g. ``ap.replace(squeeze=1.5)``), re-validated."""
         ap = dataclasses.replace(self, **changes)
-        if ap.kind == "polygon" and not (3 <= ap.blades <= MAX_BLADES):
-            raise LensBlurError(f"`blades` must lie in [3, {MAX_BLADES}], got {ap.blades}")
         _check_squeeze(ap.squeeze)
         _check_cats_eye(ap.cats_eye)
         return ap

@@ -99,6 +99,9 @@ def defocus(image: torch.Tensor, coc: torch.Tensor, aperture: Optional[Aperture]
     stretched, so a larger coc shows a smaller part of it inside the frame), the kernel beyond
     the limit is that at the limit.
 
+    **Safe ranges.**  Any finite coc >= 0; image values with ``|x| <= 1e30`` (``1e290`` for
+    float64 images), so that no sum overflows; larger values raise :class:`LensBlurError`.
+
     Args:
         image: ``(B, C, H, W)`` float tensor (linear radiance).
         coc: ``(B, 1, H, W)`` circle-of-confusion **diameter** in pixels, >= 0.
@@ -119,6 +122,7 @@ def defocus(image: torch.Tensor, coc: torch.Tensor, aperture: Optional[Aperture]
         torch.Size([1, 3, 16, 16])
     """
     check_image(image, "image")
+    _check_magnitude(image)
     check_map(coc, "coc", nonnegative=True)
     check_same_geometry(image, coc, "coc")
     check_choice(method, "method", METHODS)
@@ -186,6 +190,22 @@ def coc_limit_px(aperture: Aperture, height: int, width: int) -> float:
         exact = 2.0 * (e_max + 1.0) / (1.0 - aperture.cats_eye * v_max)
         limit = max(limit, min(exact, MAX_CATSEYE_LIMIT * limit))
     return limit
+
+
+#: Largest ``|image|`` value per accumulation dtype: every blur sums at most ``H W`` taps (the coc
+#: is bounded by the frame), so sums of up to ~3e8 such values stay finite in float32.
+MAX_ABS_VALUE = {torch.float64: 1e290, torch.float32: 1e30}
+
+
+def _check_magnitude(image: torch.Tensor) -> None:
+    if torch.compiler.is_compiling():
+        return
+    bound = MAX_ABS_VALUE[torch.float64 if image.dtype == torch.float64 else torch.float32]
+    peak = float(image.detach().abs().max())
+    if peak > bound:
+        raise LensBlurError(f"`image` holds values up to {peak:.3g}; the blur accumulates in "
+                            f"{'float64' if image.dtype == torch.float64 else 'float32'} and takes "
+                            f"|values| <= {bound:g}")
 
 
 def _bounded(blur, image: torch.Tensor, coc: torch.Tensor, aperture: Aperture, method: str
