@@ -115,6 +115,8 @@ def test_blade_count_is_bounded(blades):
         lensblur.Aperture.polygon(blades=blades)
     with pytest.raises(lensblur.LensBlurError, match="blades"):
         lensblur.Aperture.polygon(blades=6).replace(blades=blades)
+    with pytest.raises(lensblur.LensBlurError, match="blades"):
+        lensblur.Aperture(kind="polygon", blades=blades)
     assert lensblur.Aperture.polygon(blades=MAX_BLADES).blades == MAX_BLADES
 
 
@@ -344,3 +346,96 @@ def test_fuzz_file_readers(tmp_path):
             assert out.dim() == 4 and out.dtype == torch.float32 and torch.isfinite(out).all()
 
     run()
+
+
+# ----------------------------------------------------------------------------- contract gaps
+def test_focus_equal_to_the_focal_length_is_an_error():
+    with pytest.raises(lensblur.LensBlurError, match="focus_distance_m"):
+        lensblur.ThinLens(focus_distance_m=0.05, focal_length_mm=50)
+    lensblur.ThinLens(focus_distance_m=0.0500001, focal_length_mm=50)     # a hair beyond: fine
+
+
+def test_lens_tensor_shapes_are_checked_by_name():
+    with pytest.raises(lensblur.LensBlurError, match="`f_number` must not be empty"):
+        lensblur.ThinLens(f_number=torch.tensor([]))
+    with pytest.raises(lensblur.LensBlurError, match="`f_number` of length 2.*`focus_distance_m` of length 3"):
+        lensblur.ThinLens(f_number=torch.tensor([1.0, 2.0]), focus_distance_m=torch.tensor([2.0, 3.0, 4.0]))
+    with pytest.raises(lensblur.LensBlurError, match="sensor_width_mm"):
+        lensblur.ThinLens(f_number=torch.tensor([1.0, 2.0]), sensor_width_mm=torch.tensor([2.0, 3.0, 4.0]))
+    lens = lensblur.ThinLens(f_number=torch.tensor([1.0, 2.0]), focus_distance_m=torch.tensor([3.0]))
+    assert lens.coc_px(torch.full((2, 1, 2, 2), 4.0), 100).shape == (2, 1, 2, 2)
+    with pytest.raises(lensblur.LensBlurError, match="`f_number` of shape \\(2,\\).*`depth_m`"):
+        lens.coc_px(torch.full((3, 1, 2, 2), 4.0), 100)
+    with pytest.raises(lensblur.LensBlurError, match="num_channels"):
+        lensblur.ThinLens().channel_coc_px(torch.full((1, 1, 2, 2), 3.0), 100, -1)
+
+
+def test_fp16_depth_gives_a_float32_coc_without_overflow():
+    lens = lensblur.ThinLens(50.0, 1.0, 0.06)
+    depth = torch.full((1, 1, 2, 2), 60000.0, dtype=torch.float16)
+    coc = lens.coc_px(depth, 60000)
+    assert coc.dtype == torch.float32 and torch.isfinite(coc).all() and float(coc.min()) > 65504
+    expected = lens.coc_px(depth.double(), 60000)
+    torch.testing.assert_close(coc.double(), expected, rtol=1e-5, atol=0)
+
+
+def test_image_magnitude_is_bounded_with_a_clear_error():
+    coc = torch.full((1, 1, 4, 4), 3.0)
+    with pytest.raises(lensblur.LensBlurError, match="image"):
+        lensblur.defocus(torch.full((1, 1, 4, 4), 3e38), coc)
+    big = torch.zeros(1, 1, 4, 4)
+    big[..., 0, 0] = 9e29          # near the largest value taken: sums stay finite
+    for method in ("gather", "scatter"):
+        assert torch.isfinite(lensblur.defocus(big, coc, method=method, backend="torch")).all()
+
+
+def test_render_and_module_bound_num_layers():
+    img, depth = torch.rand(1, 3, 4, 4), torch.rand(1, 1, 4, 4) + 1.0
+    for n in (0, 10 ** 6):
+        with pytest.raises(lensblur.LensBlurError, match="num_layers"):
+            lensblur.LensBlur(num_layers=n)
+        with pytest.raises(lensblur.LensBlurError, match="num_layers"):
+            lensblur.render(img, depth, lensblur.ThinLens(), num_layers=n)
+
+
+def test_fit_lens_checks_its_arguments_even_without_steps():
+    from lensblur.learnable import fit_lens
+    img, depth = torch.rand(1, 3, 4, 4), torch.rand(1, 1, 4, 4) + 1.0
+    kw = dict(focal_length_mm=50.0, f_number=2.0, focus_distance_m=1.5, steps=0)
+    with pytest.raises(lensblur.LensBlurError, match="method"):
+        fit_lens(img, depth, img, method="foo", **kw)
+    with pytest.raises(lensblur.LensBlurError, match="backend"):
+        fit_lens(img, depth, img, backend="foo", **kw)
+    with pytest.raises(TypeError, match="callback"):
+        fit_lens(img, depth, img, callback=3, **kw)
+
+
+def test_models_helpers_name_their_arguments():
+    import lensblur_models as m
+    with pytest.raises(lensblur.LensBlurError, match="`strength`"):
+        m.defocus_map(torch.rand(2, 1, 4, 4) + 0.1, 0.5, torch.tensor([1.0, 2.0, 3.0]))
+    for shape in ((2, 1, 0, 4, 4), (2, 1, 3, 0, 4)):
+        with pytest.raises(lensblur.LensBlurError, match="renders"):
+            m.blur_monotonicity(torch.rand(shape), [1.4, 2.8])
+
+
+@pytest.mark.parametrize("bad", ["int", "complex", "5d"])
+def test_random_defocus_rejects_bad_input_by_name(bad):
+    from lensblur.augment import RandomDefocus
+    x = {"int": torch.ones(1, 3, 8, 8, dtype=torch.int64),
+         "complex": torch.ones(1, 3, 8, 8, dtype=torch.complex64),
+         "5d": torch.ones(1, 1, 3, 8, 8)}[bad]
+    with pytest.raises((TypeError, lensblur.LensBlurError), match="`input`"):
+        RandomDefocus(p=1.0)(x)
+
+
+def test_meta_tensors_are_rejected_by_name():
+    m = dict(device="meta")
+    with pytest.raises(lensblur.LensBlurError, match="`image` is on the meta device"):
+        lensblur.defocus(torch.rand(1, 1, 4, 4, **m), torch.rand(1, 1, 4, 4, **m))
+    with pytest.raises(lensblur.LensBlurError, match="meta device"):
+        lensblur.render(torch.rand(1, 3, 4, 4, **m), torch.rand(1, 1, 4, 4, **m), lensblur.ThinLens())
+    with pytest.raises(lensblur.LensBlurError, match="`f_number` is on the meta device"):
+        lensblur.ThinLens(f_number=torch.tensor(2.0, **m))
+    with pytest.raises(lensblur.LensBlurError, match="`depth_m` is on the meta device"):
+        lensblur.ThinLens().coc_px(torch.rand(1, 1, 4, 4, **m), 100)
