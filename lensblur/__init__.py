@@ -17,11 +17,11 @@ try:
 except Exception:  # pragma: no cover - a broken CUDA setup must not break ``import lensblur``
     pass
 
-from .apertures import Aperture  # noqa: E402
-from .defocus import available_backends, defocus  # noqa: E402
-from .optics import ThinLens, disparity_coc  # noqa: E402
-from .render import LensBlur, render  # noqa: E402
-from .validation import LensBlurError  # noqa: E402
+from .apertures import Aperture
+from .defocus import available_backends, defocus
+from .optics import ThinLens, disparity_coc
+from .render import LensBlur, render
+from .validation import LensBlurError
 
 __version__ = "0.1.0"
 
