@@ -5,6 +5,18 @@ Data flows one way: image + depth -> coc (:mod:`~lensblur.optics`) -> layers
 backend kernel (:mod:`lensblur.ops`).
 """
 
+import os as _os
+
+import torch as _torch
+
+# Triton kernels run under its interpreter on machines without CUDA; the variable must be set
+# before triton is first imported (``torch._dynamo``, imported below, imports it).
+try:
+    if not _torch.cuda.is_available():
+        _os.environ.setdefault("TRITON_INTERPRET", "1")
+except Exception:  # pragma: no cover - a broken CUDA setup must not break ``import lensblur``
+    pass
+
 from .apertures import Aperture
 from .defocus import available_backends, defocus
 from .optics import ThinLens, disparity_coc

@@ -35,7 +35,14 @@ import torch
 
 from .validation import LensBlurError, check_positive_float, check_range
 
-__all__ = ["Aperture"]
+__all__ = ["Aperture", "MAX_BLADES", "MAX_KERNEL_PX"]
+
+#: Most blades of :meth:`Aperture.polygon`: with more, the polygon is a disk to within
+#: ``1 - cos(pi / 64)`` = 0.12 % of its radius (and every tap would cost one dot per blade).
+MAX_BLADES = 64
+#: Largest diameter (pixels) of :meth:`Aperture.kernel` and of a learnable aperture's table: a
+#: ``(k, k)`` kernel of this size already holds 16.8 M entries.
+MAX_KERNEL_PX = 4096
 
 KIND_IDS = {"disk": 0, "polygon": 1, "image": 2}
 IMAGE_CENTER_EPS = 1e-6
@@ -66,6 +73,14 @@ class Aperture:
     cats_eye: float = 0.0
     table: Optional[torch.Tensor] = None  # max-normalised (h, w) float32, unpadded
 
+    def __post_init__(self):
+        # every way of making one (constructors, replace, the dataclass itself) bounds the kind
+        # and the blade count that the kernels index
+        if self.kind not in KIND_IDS:
+            raise LensBlurError(f"`kind` must be one of {', '.join(KIND_IDS)}, got {self.kind!r}")
+        if self.kind == "polygon" and not (3 <= self.blades <= MAX_BLADES):
+            raise LensBlurError(f"`blades` must lie in [3, {MAX_BLADES}], got {self.blades}")
+
     # ---------------------------------------------------------------- constructors
     @classmethod
     def disk(cls, *, squeeze: float = 1.0, cats_eye: float = 0.0) -> "Aperture":
@@ -89,6 +104,9 @@ class Aperture:
             raise TypeError(f"`blades` must be an integer, got {type(blades).__name__}")
         if blades < 3:
             raise LensBlurError(f"`blades` must be >= 3, got {blades}")
+        if blades > MAX_BLADES:
+            raise LensBlurError(f"`blades` must be <= {MAX_BLADES}, got {blades} (a polygon with that "
+                                f"many blades is a disk: use Aperture.disk())")
         return cls(kind="polygon", blades=int(blades),
                    rotation_deg=_check_shape_param(rotation_deg, "rotation_deg", None, None),
                    roundness=_check_shape_param(roundness, "roundness", 0.0, 1.0),
@@ -295,6 +313,10 @@ class Aperture:
         else:
             c = torch.tensor(check_positive_float(diameter_px, "diameter_px", allow_zero=True),
                              dtype=torch.float32)
+        if float(c.detach()) > MAX_KERNEL_PX:
+            raise LensBlurError(f"`diameter_px` must be <= {MAX_KERNEL_PX} for a kernel image, got "
+                                f"{float(c.detach()):.4g} (a ({MAX_KERNEL_PX}, {MAX_KERNEL_PX}) "
+                                f"kernel already holds {MAX_KERNEL_PX ** 2 / 1e6:.1f} M entries)")
         kx, ky = self.support(float(c.detach()) / 2)
         k = max(kx, ky)
         offs = torch.arange(-k, k + 1, dtype=c.dtype)

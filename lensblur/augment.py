@@ -59,7 +59,8 @@ from .apertures import Aperture
 from .defocus import BACKENDS
 from .optics import ThinLens
 from .render import RENDER_METHODS, render
-from .validation import LensBlurError, check_choice, check_map, check_positive_float, check_same_geometry
+from .validation import (LensBlurError, check_choice, check_map, check_not_meta, check_positive_float,
+                         check_same_geometry)
 
 __all__ = ["RandomDefocus", "DefocusParameterGenerator", "DEFAULT_METHOD", "DEPTH_PRIORS"]
 
@@ -380,6 +381,12 @@ class RandomDefocus(IntensityAugmentationBase2D):
             depth, params = None, depth
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"`input` must be a torch.Tensor, got {type(input).__name__}")
+        if not input.is_floating_point():
+            raise TypeError(f"`input` must be a real floating point tensor, got dtype {input.dtype}")
+        if input.dim() not in (2, 3, 4):
+            raise LensBlurError(f"`input` must have shape (H, W), (C, H, W) or (B, C, H, W), got "
+                                f"{tuple(input.shape)} ({input.dim()}-D)")
+        check_not_meta(input, "input")
         if depth is not None:
             depth = _promote_depth(depth, input)
         self._call_depth = depth

@@ -86,7 +86,22 @@ def _device(name: str) -> torch.device:
         raise UsageError(f"bad --device {name!r}: {exc}") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but CUDA is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name!r}: lensblur renders on 'cpu' or 'cuda' devices")
     return device
+
+
+#: Largest demo frame (pixels): the scene and a few renders of it must fit in memory.
+MAX_DEMO_PIXELS = 8192 * 8192
+
+
+def _check_out(out: Path, inputs, overwrite: bool) -> None:
+    """Refuse an ``--out`` that is one of the inputs, or an existing file without ``--overwrite``."""
+    for path in inputs:
+        if out.resolve() == path.resolve() or (out.exists() and out.samefile(path)):
+            raise UsageError(f"--out {out} is also an input file; choose another output path")
+    if out.exists() and not overwrite:
+        raise UsageError(f"--out {out} already exists; pass --overwrite to replace it")
 
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> float:
@@ -140,6 +155,9 @@ def cmd_demo(args) -> int:
     h, w = args.height, args.width
     if h < 8 or w < 8:
         raise UsageError(f"--height and --width must be >= 8, got {h}x{w}")
+    if h * w > MAX_DEMO_PIXELS:
+        raise UsageError(f"--height x --width must be at most {MAX_DEMO_PIXELS} pixels "
+                         f"(8192 x 8192), got {h}x{w}")
     for n in args.f_numbers:
         _positive("--f-numbers", n)
     for s in args.focus:
@@ -204,6 +222,7 @@ def cmd_render(args) -> int:
     for path, what in ((image_path, "image"), (depth_path, "depth")):
         if not path.is_file():
             raise UsageError(f"{what} file not found: {path}")
+    _check_out(out_path, (image_path, depth_path), args.overwrite)
     _positive("--depth-scale", args.depth_scale)
     _positive("--highlight-boost", args.highlight_boost, allow_zero=True)
     _positive("--highlight-threshold", args.highlight_threshold)
@@ -353,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True,
                    help=f"output path ({', '.join(OUTPUT_SUFFIXES)}); .npy and .exr keep float32 "
                         "linear radiance, the others are 8-bit sRGB")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it exists (it may never be one of the inputs)")
     common(r, 0.9)
     r.set_defaults(func=cmd_render)
 

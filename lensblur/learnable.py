@@ -33,8 +33,9 @@ from torch import nn
 
 from .apertures import Aperture
 from .optics import ThinLens
-from .render import render
-from .validation import (LensBlurError, check_image, check_map, check_positive_float,
+from .defocus import BACKENDS
+from .render import RENDER_METHODS, render
+from .validation import (LensBlurError, check_choice, check_image, check_map, check_positive_float,
                          check_same_geometry)
 
 __all__ = ["LearnableAperture", "LearnablePolygon", "LensFit", "fit_lens"]
@@ -46,6 +47,9 @@ def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     x = x.clamp_min(_SOFTPLUS_FLOOR)
     return x + torch.log(-torch.expm1(-x))
 
+
+#: Largest side (texels) of a :class:`LearnableAperture` (a million learnable texels).
+MAX_APERTURE_SIZE = 1023
 
 class LearnableAperture(nn.Module):
     """A free-form aperture kernel ``softplus(logits)`` of ``size x size`` texels.
@@ -69,6 +73,8 @@ class LearnableAperture(nn.Module):
         super().__init__()
         if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 3 or size % 2 == 0:
             raise LensBlurError(f"`size` must be an odd integer >= 3, got {size!r}")
+        if size > MAX_APERTURE_SIZE:
+            raise LensBlurError(f"`size` must be <= {MAX_APERTURE_SIZE} texels, got {size}")
         if init is None:
             init = Aperture.disk()
         if isinstance(init, Aperture):
@@ -205,6 +211,10 @@ def fit_lens(image: torch.Tensor, depth: torch.Tensor, target: torch.Tensor, *,
                             f"got {tuple(target.shape)}")
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
         raise LensBlurError(f"`steps` must be a non-negative integer, got {steps!r}")
+    check_choice(method, "method", RENDER_METHODS)
+    check_choice(backend, "backend", BACKENDS)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"`callback` must be callable or None, got {type(callback).__name__}")
     lr = check_positive_float(lr, "lr")
     aperture_lr = lr if aperture_lr is None else check_positive_float(aperture_lr, "aperture_lr")
     if focus_distance_m is None:

@@ -12,14 +12,15 @@ from typing import Union
 
 import torch
 
-from .validation import LensBlurError, check_lens_param, check_map
+from .validation import LensBlurError, check_lens_param, check_map, check_not_meta
 
 __all__ = ["ThinLens", "disparity_coc", "chromatic_shifts"]
 
 Param = Union[float, torch.Tensor]
 
 
-def _as_broadcast(value: Param, like: torch.Tensor) -> torch.Tensor:
+def _as_broadcast(value: Param, like: torch.Tensor, name: str = "lens parameter",
+                  like_name: str = "depth") -> torch.Tensor:
     """Turn a lens parameter into a tensor that broadcasts against ``like``.
 
     A ``(B,)`` parameter is aligned with the batch dimension of ``like`` (its first dimension).
@@ -30,8 +31,8 @@ def _as_broadcast(value: Param, like: torch.Tensor) -> torch.Tensor:
             if like.dim() > 1 or t.shape[0] != like.shape[0]:
                 if t.shape[0] not in (1, like.shape[0]):
                     raise LensBlurError(
-                        f"lens parameter of shape {tuple(t.shape)} does not match batch size "
-                        f"{like.shape[0]} of depth")
+                        f"`{name}` of shape {tuple(t.shape)} does not match batch size "
+                        f"{like.shape[0]} of `{like_name}`")
             t = t.view(t.shape[0], *([1] * (like.dim() - 1)))
         return t
     return torch.as_tensor(float(value), dtype=like.dtype, device=like.device)
@@ -74,12 +75,19 @@ class ThinLens:
         check_lens_param(f_number, "f_number")
         check_lens_param(focus_distance_m, "focus_distance_m")
         check_lens_param(sensor_width_mm, "sensor_width_mm")
-        f_m = torch.as_tensor(focal_length_mm).detach().double().cpu() / 1000.0
-        s_m = torch.as_tensor(focus_distance_m).detach().double().cpu()
-        if f_m.dim() and s_m.dim() and f_m.shape != s_m.shape and 1 not in (f_m.shape[0], s_m.shape[0]):
-            raise LensBlurError(
-                f"`focal_length_mm` of shape {tuple(f_m.shape)} and `focus_distance_m` of shape "
-                f"{tuple(s_m.shape)} must have the same batch size")
+        named = {"focal_length_mm": focal_length_mm, "f_number": f_number,
+                 "focus_distance_m": focus_distance_m, "sensor_width_mm": sensor_width_mm}
+        if isinstance(chromatic, torch.Tensor):
+            named["chromatic"] = chromatic
+        sizes = {k: v.shape[0] for k, v in named.items() if isinstance(v, torch.Tensor) and v.dim() == 1}
+        if len(set(sizes.values()) - {1}) > 1:
+            raise LensBlurError("(B,) lens parameters must have the same length (or length 1), got "
+                                + ", ".join(f"`{k}` of length {n}" for k, n in sizes.items()))
+        # compared in float64 from the values as given (a Python float is not rounded to float32)
+        f_m = torch.as_tensor(focal_length_mm, dtype=torch.float64).detach().cpu() / 1000.0 \
+            if not isinstance(focal_length_mm, torch.Tensor) else focal_length_mm.detach().double().cpu() / 1000.0
+        s_m = torch.as_tensor(focus_distance_m, dtype=torch.float64).detach().cpu() \
+            if not isinstance(focus_distance_m, torch.Tensor) else focus_distance_m.detach().double().cpu()
         if bool((s_m <= f_m).any()):
             raise LensBlurError(
                 "`focus_distance_m` must be greater than the focal length "
@@ -116,11 +124,11 @@ class ThinLens:
         if isinstance(image_width_px, bool) or not isinstance(image_width_px, numbers.Integral) \
                 or image_width_px <= 0:
             raise LensBlurError(f"`image_width_px` must be a positive integer, got {image_width_px!r}")
-        s2 = self._depth_tensor(depth_m)
-        f = _as_broadcast(self.focal_length_mm, s2) / 1000.0
-        n = _as_broadcast(self.f_number, s2)
-        s1 = _as_broadcast(self.focus_distance_m, s2)
-        sensor = _as_broadcast(self.sensor_width_mm, s2) / 1000.0
+        s2 = _at_least_fp32(self._depth_tensor(depth_m))
+        f = _as_broadcast(self.focal_length_mm, s2, "focal_length_mm", "depth_m") / 1000.0
+        n = _as_broadcast(self.f_number, s2, "f_number", "depth_m")
+        s1 = _as_broadcast(self.focus_distance_m, s2, "focus_distance_m", "depth_m")
+        sensor = _as_broadcast(self.sensor_width_mm, s2, "sensor_width_mm", "depth_m") / 1000.0
         diff = s2 - s1
         if not signed:
             diff = diff.abs()
@@ -164,13 +172,16 @@ class ThinLens:
             raise LensBlurError(f"`image_width_px` must be a positive integer, got {image_width_px!r}")
         if not isinstance(depth_m, torch.Tensor) or depth_m.dim() != 4 or depth_m.shape[1] != 1:
             raise LensBlurError("`depth_m` must be a (B, 1, H, W) tensor")
+        if isinstance(num_channels, bool) or not isinstance(num_channels, numbers.Integral) \
+                or num_channels <= 0:
+            raise LensBlurError(f"`num_channels` must be a positive integer, got {num_channels!r}")
         shifts = chromatic_shifts(num_channels) if self.has_chromatic else [0.0] * num_channels
-        s2 = self._depth_tensor(depth_m)
-        f = _as_broadcast(self.focal_length_mm, s2) / 1000.0
-        n = _as_broadcast(self.f_number, s2)
-        s1 = _as_broadcast(self.focus_distance_m, s2)
-        sensor = _as_broadcast(self.sensor_width_mm, s2) / 1000.0
-        chi = _as_broadcast(self.chromatic, s2)
+        s2 = _at_least_fp32(self._depth_tensor(depth_m))
+        f = _as_broadcast(self.focal_length_mm, s2, "focal_length_mm", "depth_m") / 1000.0
+        n = _as_broadcast(self.f_number, s2, "f_number", "depth_m")
+        s1 = _as_broadcast(self.focus_distance_m, s2, "focus_distance_m", "depth_m")
+        sensor = _as_broadcast(self.sensor_width_mm, s2, "sensor_width_mm", "depth_m") / 1000.0
+        chi = _as_broadcast(self.chromatic, s2, "chromatic", "depth_m")
         k = torch.tensor(shifts, dtype=s2.dtype, device=s2.device).view(1, -1, 1, 1)
         f_c = f * (1.0 + chi * k)
         v = f * s1 / (s1 - f)
@@ -184,6 +195,7 @@ class ThinLens:
         if isinstance(depth_m, torch.Tensor):
             if not depth_m.is_floating_point():
                 raise TypeError(f"`depth_m` must be a floating point tensor, got dtype {depth_m.dtype}")
+            check_not_meta(depth_m, "depth_m")
             if not bool(torch.isfinite(depth_m).all()):
                 raise LensBlurError("`depth_m` contains NaN or infinite values")
             if not bool((depth_m > 0).all()):
@@ -195,6 +207,11 @@ class ThinLens:
         dtype = ref.dtype if ref is not None else torch.get_default_dtype()
         device = ref.device if ref is not None else None
         return torch.tensor(float(depth_m), dtype=dtype, device=device)
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 depth is computed in float32: a coc in pixels easily exceeds fp16's 65504."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def chromatic_shifts(num_channels: int) -> list:
@@ -252,6 +269,6 @@ def disparity_coc(disparity: torch.Tensor, focus_disparity: Param, strength: Par
     check_map(disparity, "disparity", positive=True)
     check_lens_param(focus_disparity, "focus_disparity", allow_zero=True)
     check_lens_param(strength, "strength", allow_zero=True)
-    fd = _as_broadcast(focus_disparity, disparity)
-    k = _as_broadcast(strength, disparity)
+    fd = _as_broadcast(focus_disparity, disparity, "focus_disparity", "disparity")
+    k = _as_broadcast(strength, disparity, "strength", "disparity")
     return k * (disparity - fd).abs()

@@ -97,9 +97,7 @@ def render(image: torch.Tensor, depth: torch.Tensor, lens: ThinLens,
     highlight_threshold = check_positive_float(highlight_threshold, "highlight_threshold")
     near_scale = check_positive_float(near_scale, "near_scale", allow_zero=True)
     far_scale = check_positive_float(far_scale, "far_scale", allow_zero=True)
-    if num_layers is not None and (isinstance(num_layers, bool) or not isinstance(num_layers, numbers.Integral)
-                                   or num_layers < 1):
-        raise LensBlurError(f"`num_layers` must be a positive integer or None, got {num_layers!r}")
+    _check_num_layers(num_layers)
     if aperture is None:
         aperture = Aperture.disk()
     elif not isinstance(aperture, Aperture):
@@ -128,6 +126,17 @@ def render(image: torch.Tensor, depth: torch.Tensor, lens: ThinLens,
         out = defocus(linear, signed.abs(), aperture, method=method, backend=backend)
     out = _gamma_decode(out.reshape(b, c, h, w), 1.0 / gamma)
     return out.to(image.dtype)
+
+
+#: Most depth layers ``render(method="layered", num_layers=...)`` takes (each costs a blur).
+MAX_NUM_LAYERS = 256
+
+
+def _check_num_layers(num_layers) -> None:
+    if num_layers is not None and (isinstance(num_layers, bool) or not isinstance(num_layers, numbers.Integral)
+                                   or not 1 <= num_layers <= MAX_NUM_LAYERS):
+        raise LensBlurError(f"`num_layers` must be an integer in [1, {MAX_NUM_LAYERS}] or None, "
+                            f"got {num_layers!r}")
 
 
 class LensBlur(nn.Module):
@@ -164,6 +173,7 @@ class LensBlur(nn.Module):
         unknown = set(controls) - allowed
         if unknown:
             raise TypeError(f"unknown LensBlur option(s): {', '.join(sorted(unknown))}")
+        _check_num_layers(controls.get("num_layers"))
         self.controls = controls
 
     def extra_repr(self) -> str:

@@ -21,6 +21,7 @@ __all__ = [
     "check_lens_param",
     "check_positive_float",
     "check_range",
+    "check_not_meta",
 ]
 
 
@@ -36,6 +37,15 @@ def _check_tensor(x, name: str) -> None:
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"`{name}` must be a floating point tensor, got dtype {x.dtype}")
+    check_not_meta(x, name)
+
+
+def check_not_meta(x: torch.Tensor, name: str) -> None:
+    """Tensors on the ``meta`` device hold no data: lensblur reads values (validation, layer
+    ranges), so they are refused by name rather than failing inside ``Tensor.item()``."""
+    if x.device.type == "meta":
+        raise LensBlurError(f"`{name}` is on the meta device (no data); lensblur needs real "
+                            "tensors (cpu or cuda)")
 
 
 def _tracing() -> bool:
@@ -116,6 +126,9 @@ def check_lens_param(value, name: str, *, allow_zero: bool = False) -> None:
         if value.dim() > 1:
             raise LensBlurError(
                 f"`{name}` must be a 0-d or (B,) tensor, got shape {tuple(value.shape)}")
+        if value.numel() == 0:
+            raise LensBlurError(f"`{name}` must not be empty, got shape {tuple(value.shape)}")
+        check_not_meta(value, name)
         v = value.detach()
         _check_finite(v, name)
         if not bool(((v >= 0) if allow_zero else (v > 0)).all()):

@@ -97,6 +97,8 @@ def blur_monotonicity(renders: torch.Tensor, f_numbers: Union[Sequence[float], t
         raise LensBlurError(f"`renders` needs at least 2 f-numbers (S >= 2), got S={s}")
     if b < 1:
         raise LensBlurError("`renders` must hold at least one scene (B >= 1), got B=0")
+    if min(renders.shape[2:]) < 1:
+        raise LensBlurError(f"`renders` must have C, H and W >= 1, got shape {tuple(renders.shape)}")
     if not bool(torch.isfinite(renders).all()):
         raise LensBlurError("`renders` contains NaN or infinite values")
 

@@ -15,9 +15,13 @@ built at install time, so ``pip install --no-build-isolation -e .`` never pulls 
 The build directory is keyed by a hash of the sources, the flags, the torch and Python versions
 and the CPU, so an edited source or another machine never reuses a stale library:
 ``$LENSBLUR_EXTENSIONS_DIR`` or ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/lensblur``, then
-``native_<hash>``.  Two processes building at once serialise on ``cpp_extension``'s own file
-lock in that directory; threads of one process on a module lock.  The first build takes some
-ten seconds; later processes only load the cached library.
+``native_<hash>``.  The cache heals itself: two processes building at once serialise on an
+``fcntl.flock`` lock of an open file in that directory (the OS releases it when its holder dies,
+so a killed build never blocks the next one), threads of one process on a module lock; each
+build compiles in a private temporary directory and moves the library and its SHA-256 digest
+into place with atomic renames; a zero-byte, truncated or unverified library is rebuilt, and so
+is, once, a library that fails to load.  The first build takes some ten seconds; later
+processes only check and load the cached library.
 
 With no compiler (or any build failure) :func:`is_available` returns ``False`` and emits **one**
 ``RuntimeWarning`` per process saying why, ``backend="auto"`` then falls back to the PyTorch
@@ -39,13 +43,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import platform
 import shutil
 import sys
+import tempfile
 import threading
+import time
 import warnings
 import weakref
 from pathlib import Path
@@ -56,6 +63,11 @@ import torch
 from ..apertures import Aperture
 from ..validation import LensBlurError
 from ._wiring import check_op_inputs, define_defocus_op
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: builds stay atomic, without a process lock
+    fcntl = None
 
 __all__ = ["defocus", "is_available", "forward_impl", "backward_impl", "load_library",
            "unavailable_reason", "source_paths"]
@@ -133,20 +145,82 @@ def _ensure_ninja() -> None:
         pass
 
 
-def _build() -> ctypes.CDLL:
-    """Compile (or reuse the cached build of) the kernels and load them."""
+#: Seconds a process waits for another one's build of the same sources before giving up.
+BUILD_TIMEOUT_S = float(os.environ.get("LENSBLUR_BUILD_TIMEOUT", "900"))
+_LIB_NAME = "lensblur_native.so"
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """An exclusive lock on ``build_dir/build.lock`` held by an open file (``fcntl.flock``): the
+    OS releases it when its holder exits or is killed, so a killed build never blocks the next
+    one.  Waits at most :data:`BUILD_TIMEOUT_S` for a live holder."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / "build.lock", "a+b") as f:
+        if fcntl is not None:
+            deadline = time.monotonic() + BUILD_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"another process has been building the native kernels "
+                                           f"in {build_dir} for over {BUILD_TIMEOUT_S:.0f} s")
+                    time.sleep(0.05)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _verified(lib_path: Path) -> bool:
+    """The cached library is complete: non-empty and matching the digest written with it (a
+    zero-byte or truncated file, or one without its digest, is rebuilt)."""
+    sidecar = lib_path.with_name(lib_path.name + ".sha256")
+    try:
+        return lib_path.stat().st_size > 0 and sidecar.read_text().strip() == _digest(lib_path)
+    except OSError:
+        return False
+
+
+def _compile(sources: List[Path], out_dir: Path, key: str) -> Path:
+    """Compile the kernels in ``out_dir`` (a fresh private directory); returns the library."""
     from torch.utils import cpp_extension
 
-    sources = source_paths()
-    key = _build_key(sources)
-    build_dir = _cache_root() / f"native_{key}"
-    build_dir.mkdir(parents=True, exist_ok=True)
     _ensure_ninja()
-    path = cpp_extension.load(name=f"lensblur_native_{key}", sources=[str(s) for s in sources],
-                              extra_cflags=_cflags(), extra_ldflags=_LDFLAGS,
-                              build_directory=str(build_dir), is_python_module=False,
-                              verbose=False)
-    lib = ctypes.CDLL(str(path))
+    return Path(cpp_extension.load(name=f"lensblur_native_{key}", sources=[str(s) for s in sources],
+                                   extra_cflags=_cflags(), extra_ldflags=_LDFLAGS,
+                                   build_directory=str(out_dir), is_python_module=False,
+                                   verbose=False))
+
+
+def _install(sources: List[Path], build_dir: Path, key: str) -> None:
+    """Build into a temporary directory, then move the library and its digest into place with
+    atomic renames (the caller holds the build lock): no process ever sees a partial file."""
+    for stale in build_dir.glob("tmp-build-*"):     # left by a killed build (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix="tmp-build-", dir=build_dir))
+    try:
+        built = _compile(sources, tmp, key)
+        staged = tmp / _LIB_NAME
+        shutil.copyfile(built, staged)
+        digest = tmp / (_LIB_NAME + ".sha256")
+        digest.write_text(_digest(staged))
+        lib_path = build_dir / _LIB_NAME
+        os.replace(staged, lib_path)
+        os.replace(digest, lib_path.with_name(_LIB_NAME + ".sha256"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open(lib_path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(lib_path))
     p, i, d = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
     for suffix in ("f32", "f64"):
         fwd = getattr(lib, f"lensblur_forward_{suffix}")
@@ -156,6 +230,36 @@ def _build() -> ctypes.CDLL:
         bwd.argtypes = [p, p, p, p, i, i, p, i, i, i, i, i, p, p, p, p, i, d, i]
         bwd.restype = i
     return lib
+
+
+def _build() -> ctypes.CDLL:
+    """Load the cached build of the kernels, building it first when it is missing or broken.
+
+    A verified library is loaded without any lock.  Otherwise, under the build lock (and after
+    checking again: another process may just have built it), the kernels are compiled and
+    installed atomically; a library that is complete but fails to load is rebuilt once.
+    """
+    sources = source_paths()
+    key = _build_key(sources)
+    build_dir = _cache_root() / f"native_{key}"
+    lib_path = build_dir / _LIB_NAME
+    if _verified(lib_path):
+        try:
+            return _open(lib_path)
+        except (OSError, AttributeError):
+            pass                             # rebuilt below, under the lock
+    with _build_lock(build_dir):
+        rebuilt = False
+        if not _verified(lib_path):
+            _install(sources, build_dir, key)
+            rebuilt = True
+        try:
+            return _open(lib_path)
+        except (OSError, AttributeError):
+            if rebuilt:
+                raise
+        _install(sources, build_dir, key)    # complete but unloadable: rebuild once
+        return _open(lib_path)
 
 
 def _summary(exc: BaseException) -> str:
@@ -219,6 +323,29 @@ def _check_inputs(image: torch.Tensor, coc: torch.Tensor, table: torch.Tensor,
                             f"{tuple(table.shape)}")
     if len(params) != 6:
         raise LensBlurError(f"`params` must be aperture.kernel_params() (6 numbers), got {params}")
+    _check_indexable(image, coc, params)
+
+
+#: Largest coc (pixels) the kernels take: window half-widths and offsets stay far inside ``int``.
+#: :func:`lensblur.defocus` clamps every coc to the frame (:func:`lensblur.defocus.coc_limit_px`)
+#: before it gets here.
+MAX_COC_PX = float(2 ** 24)
+
+
+def _check_indexable(image: torch.Tensor, coc: torch.Tensor, params: List[float]) -> None:
+    """Refuse what the C++ kernels cannot index (they take ``int`` sizes and offsets)."""
+    from ..apertures import MAX_BLADES
+    kind, blades = params[0], params[1]
+    if kind not in (0.0, 1.0, 2.0) or (kind == 1.0 and not (3 <= blades <= MAX_BLADES)):
+        raise LensBlurError(f"the native kernels take aperture kinds 0-2 and 3..{MAX_BLADES} "
+                            f"blades, got kind {kind:g}, blades {blades:g}")
+    if max(image.shape[1:]) >= 2 ** 30 or image.numel() >= 2 ** 62:
+        raise LensBlurError(f"`image` of shape {tuple(image.shape)} is too large for the native "
+                            "kernels")
+    if coc.numel() and not bool((coc.detach() <= MAX_COC_PX).all()):   # also refuses NaN
+        raise LensBlurError(f"the native kernels take cocs <= {MAX_COC_PX:g} px, got max "
+                            f"{float(coc.detach().max()):.4g} (lensblur.defocus clamps the coc "
+                            "to the frame)")
 
 
 #: Images with fewer pixels (B * H * W) than this run on one thread: waking a thread team costs

@@ -74,7 +74,7 @@ from ..apertures import Aperture
 from ..validation import LensBlurError
 from ._wiring import check_op_inputs, define_defocus_op
 
-__all__ = ["defocus", "is_available", "INTERPRET", "TILE_GPU", "TILE_INTERPRET",
+__all__ = ["defocus", "is_available", "unavailable_reason", "INTERPRET", "TILE_GPU", "TILE_INTERPRET",
            "PREFIX_MIN_RADIUS"]
 
 name = "triton"
@@ -96,6 +96,31 @@ except Exception as exc:  # pragma: no cover - exercised only where triton is mi
 
 #: True when the kernels run under the Triton interpreter (CPU tensors).
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _interpreter_broken() -> Optional[str]:
+    """Why ``TRITON_INTERPRET=1`` is set but the interpreter is not really active, else ``None``.
+
+    Triton decides at decoration time whether a ``@triton.jit`` function is interpreted, so if
+    ``triton.language`` was imported before the variable was set (by the user's code, or by
+    ``torch._dynamo``), its own helpers stay compiled and every interpreted kernel fails."""
+    if not INTERPRET or triton is None:
+        return None
+    try:
+        from triton.language import standard
+        from triton.runtime.interpreter import InterpretedFunction
+        helper = standard.cdiv
+    except Exception:  # pragma: no cover - another Triton layout: trust the variable
+        return None
+    if isinstance(helper, InterpretedFunction):
+        return None
+    return ("the Triton interpreter is not active: triton was imported before TRITON_INTERPRET=1 "
+            "was set; set TRITON_INTERPRET=1 in the environment (or import lensblur before "
+            "triton and torch._dynamo) to run the Triton backend on CPU")
+
+
+#: Why the interpreter cannot run (``None``: it can, or it is not needed).
+_INTERPRETER_BROKEN: Optional[str] = _interpreter_broken()
 
 #: ``(BY, BX, num_warps)`` of the output tile on a GPU (16x16 / 4 warps beat larger tiles on H100).
 TILE_GPU = (16, 16, 4)
@@ -902,7 +927,14 @@ def is_available(device) -> bool:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and not INTERPRET
-    return device.type == "cpu" and INTERPRET
+    return device.type == "cpu" and INTERPRET and _INTERPRETER_BROKEN is None
+
+
+def unavailable_reason() -> Optional[str]:
+    """Why the Triton backend cannot run CPU tensors here (``None`` if it can or is not asked to)."""
+    if _OP is None:
+        return f"triton failed to import ({_TRITON_ERROR!r})"
+    return _INTERPRETER_BROKEN
 
 
 def defocus(image: torch.Tensor, coc: torch.Tensor, aperture: Aperture, method: str) -> torch.Tensor:
@@ -928,7 +960,8 @@ def defocus(image: torch.Tensor, coc: torch.Tensor, aperture: Aperture, method: 
         raise LensBlurError(f"the Triton backend is unavailable: triton failed to import "
                             f"({_TRITON_ERROR!r})")
     if not is_available(image.device):
-        raise LensBlurError(f"the Triton backend cannot run on {image.device.type} tensors here")
+        why = f" ({_INTERPRETER_BROKEN})" if _INTERPRETER_BROKEN and image.device.type == "cpu" else ""
+        raise LensBlurError(f"the Triton backend cannot run on {image.device.type} tensors here{why}")
     acc = _acc_dtype(image.dtype)
     table = _table(aperture, image.device, acc)
     out, _ = _OP(image.contiguous(), coc.to(acc).contiguous(), table, aperture.kernel_params(),
