@@ -10,11 +10,13 @@ from .defocus import available_backends, defocus
 from .optics import ThinLens, disparity_coc
 from .render import LensBlur, render
 from .validation import LensBlurError
+from .render import render_coc  # noqa: E402  (the render step from a signed coc map)
 
 __version__ = "0.1.0"
 
 __all__ = ["Aperture", "LensBlur", "LensBlurError", "ThinLens", "available_backends", "defocus",
            "disparity_coc", "render", "__version__"]
+__all__ += ["render_coc"]
 
 _LAZY_SUBMODULES = ("testing", "scene", "io", "exr", "cli", "layered", "augment", "learnable", "ops")
 
