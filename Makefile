@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q --no-build-isolation -e ".[test,triton,models,docs]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,triton,models,docs,exr]"
 	touch $(STAMP)
 
 install: $(STAMP)
