@@ -157,8 +157,10 @@ def render_coc(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Aperture
             blurred in one call.
         method: ``"layered"`` (default, occlusion aware), ``"gather"`` or ``"scatter"``.
         gamma: encoding of ``image`` (2.2 for sRGB-like images; 1 = already linear), > 0.
-        backend, highlight_boost, highlight_threshold, squeeze, cats_eye, near_scale, far_scale,
-        num_layers: as for :func:`render`.
+
+    The other keyword arguments (``backend``, ``highlight_boost``, ``highlight_threshold``,
+    ``squeeze``, ``cats_eye``, ``near_scale``, ``far_scale``, ``num_layers``) are those of
+    :func:`render`.
 
     Returns:
         ``(B, C, H, W)`` rendered image in ``image``'s encoding and dtype; differentiable w.r.t.
