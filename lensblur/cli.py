@@ -15,7 +15,6 @@ turns them off.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from pathlib import Path
@@ -245,29 +244,19 @@ def cmd_render(args) -> int:
 
 
 # ---------------------------------------------------------------------------------- bench
-def _import_benchmarks():
-    """``benchmarks.__main__`` from the source checkout this package lives in (editable
-    install), else from ``sys.path``; None when neither has it."""
-    repo = Path(__file__).resolve().parents[1]
-    if (repo / "benchmarks" / "__main__.py").is_file() and str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
-    try:
-        mod = importlib.import_module("benchmarks.__main__")
-    except ImportError:
-        return None
-    return mod if callable(getattr(mod, "main", None)) else None
-
-
 def cmd_bench(args) -> int:
-    mod = _import_benchmarks()
-    if mod is None:
-        raise UsageError("the benchmark suite is not importable: `lensblur bench` runs the "
-                         "`benchmarks/` folder of a source checkout, so install lensblur from a clone "
-                         "with `pip install -e .` (or run `python -m benchmarks` in the clone)")
-    rest = list(args.rest)
-    if rest and rest[0] == "--":
-        rest = rest[1:]
-    return int(mod.main(rest) or 0)
+    from .bench import format_table, run_bench
+
+    rows = run_bench(sizes=args.size, max_cocs=args.max_coc, methods=args.methods.split(","),
+                     backends=None if args.backends is None else args.backends.split(","),
+                     modes=args.modes.split(","), device=args.device, min_time_s=args.min_time,
+                     progress=None if args.no_progress else
+                     (lambda r: print(f"  {r.height}x{r.width} coc {r.max_coc:g} {r.method} {r.backend} "
+                                      f"{r.mode}: {r.ms:.4g} ms", file=sys.stderr)))
+    print(f"lensblur bench on {args.device} (medians; speed-up over backend 'torch' in this run; "
+          f"the full suite is `python -m benchmarks` in a source checkout)")
+    print(format_table(rows))
+    return 0
 
 
 # ---------------------------------------------------------------------------------- parser
@@ -356,12 +345,23 @@ def build_parser() -> argparse.ArgumentParser:
     common(r, 0.9)
     r.set_defaults(func=cmd_render)
 
-    b = sub.add_parser("bench", formatter_class=_Formatter, add_help=False,
-                       help="benchmark the blur backends (see `lensblur bench --help`)",
-                       description="Run the benchmark suite (python -m benchmarks); every argument "
-                                   "is passed on to it.")
-    b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of `python -m benchmarks`")
-    b.set_defaults(func=cmd_bench)   # main() hands everything after `bench` over untouched
+    b = sub.add_parser("bench", formatter_class=_Formatter,
+                       help="print a throughput table of the blur backends on this machine",
+                       description="Time every available backend on the workload of the performance "
+                                   "anchors and print a table with the speed-up over the PyTorch "
+                                   "reference measured in the same run (lensblur.bench).  The full "
+                                   "suite (sweeps, baselines, memory, plots) is `python -m benchmarks` "
+                                   "in a source checkout.")
+    b.add_argument("--size", type=int, nargs="+", default=[256], help="square image sizes (pixels)")
+    b.add_argument("--max-coc", type=float, nargs="+", default=[17.0], help="maximum coc diameters (pixels)")
+    b.add_argument("--methods", default="gather,scatter,layered", help="comma-separated methods")
+    b.add_argument("--backends", default=None, help="comma-separated backends (default: all available)")
+    b.add_argument("--modes", default="fwd", help="comma-separated modes: fwd, fwd+bwd")
+    b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    b.add_argument("--min-time", type=float, default=0.5, metavar="S",
+                   help="time each row for at least S seconds (median of the calls)")
+    b.add_argument("--no-progress", action="store_true", help="no per-row progress lines")
+    b.set_defaults(func=cmd_bench)
     return p
 
 
@@ -375,13 +375,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 bad usage/input, 1 unexpected)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    head = [a for a in argv[:argv.index("bench")]] if "bench" in argv else None
-    if head is not None and all(a.startswith("-") for a in head):
-        # `lensblur [--debug] bench ARGS...`: ARGS (even --help) belong to the benchmark runner
-        args = parser.parse_args(head + ["bench"])
-        args.rest = argv[len(head) + 1:]
-    else:
-        args = parser.parse_args(argv)   # exits 2 with argparse's message on bad usage
+    args = parser.parse_args(argv)   # exits 2 with argparse's message on bad usage
     try:
         return int(args.func(args) or 0)
     except LensBlurError as exc:
