@@ -19,6 +19,7 @@ __all__ = ["Aperture", "LensBlur", "LensBlurError", "ThinLens", "available_backe
 __all__ += ["render_coc"]
 
 _LAZY_SUBMODULES = ("testing", "scene", "io", "exr", "cli", "layered", "augment", "learnable", "ops")
+_LAZY_SUBMODULES += ("bench", "depth_model")
 
 
 def __getattr__(name):  # lazy: ``lensblur.testing`` needs hypothesis, ``lensblur.io`` Pillow
