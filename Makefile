@@ -6,13 +6,13 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs gallery bench bench-cpu bench-pytest install clean
+.PHONY: demo test test-fast docs gallery bench bench-cpu bench-pytest install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q --no-build-isolation -e ".[test,triton,models,docs]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,triton,models,docs,exr]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,6 +24,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# the quick loop while developing: everything but the tests marked slow (sphinx build, model
+# training, gradchecks, Triton-interpreter sweeps, fresh interpreters); `make test` stays the full suite
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests -m "not slow"
 
 # the API pages import every module: -W fails on any docstring warning.  Open docs/_build/html/index.html
 docs: $(STAMP)

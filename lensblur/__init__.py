@@ -20,15 +20,16 @@ except Exception:  # pragma: no cover - a broken CUDA setup must not break ``imp
 from .apertures import Aperture
 from .defocus import available_backends, defocus
 from .optics import ThinLens, disparity_coc
-from .render import LensBlur, render
+from .render import LensBlur, render, render_coc
 from .validation import LensBlurError
 
 __version__ = "0.1.0"
 
 __all__ = ["Aperture", "LensBlur", "LensBlurError", "ThinLens", "available_backends", "defocus",
-           "disparity_coc", "render", "__version__"]
+           "disparity_coc", "render", "render_coc", "__version__"]
 
 _LAZY_SUBMODULES = ("testing", "scene", "io", "exr", "cli", "layered", "augment", "learnable", "ops")
+_LAZY_SUBMODULES += ("bench", "depth_model")
 
 
 def __getattr__(name):  # lazy: ``lensblur.testing`` needs hypothesis, ``lensblur.io`` Pillow

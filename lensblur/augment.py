@@ -58,7 +58,7 @@ from kornia.augmentation.random_generator import RandomGeneratorBase
 from .apertures import Aperture
 from .defocus import BACKENDS
 from .optics import ThinLens
-from .render import RENDER_METHODS, render
+from .render import RENDER_METHODS, render_coc
 from .validation import (LensBlurError, check_choice, check_map, check_not_meta, check_positive_float,
                          check_same_geometry)
 
@@ -214,7 +214,7 @@ class RandomDefocus(IntensityAugmentationBase2D):
 
     Per image it draws a focal length, an f-number, a focus distance (or a focus point) and an
     aperture from the given ranges, builds the per-pixel circle of confusion of a thin lens from
-    the depth (passed, or from ``depth_prior``) and renders with :func:`lensblur.render`.  A range
+    the depth (passed, or from ``depth_prior``) and renders with :func:`lensblur.render_coc`.  A range
     is a ``(low, high)`` pair (uniform draw) or a single number (fixed).
 
     Args:
@@ -359,16 +359,14 @@ class RandomDefocus(IntensityAugmentationBase2D):
         used["applied"] = applied
 
         lens = self.lens(used, flags["sensor_width_mm"])
-        coc = lens.coc_px(depth, w, signed=flags["signed_coc"])
-        coc = coc * applied.view(b, 1, 1, 1).to(coc.dtype)
+        signed = lens.coc_px(depth, w, signed=True) * applied.view(b, 1, 1, 1).to(depth.dtype)
+        coc = signed if flags["signed_coc"] else signed.abs()
 
         out = input.clone()
-        for key, idx in self._aperture_groups(used).items():
-            aperture = self._make_aperture(*key)
-            sub_lens = ThinLens(used["focal_length_mm"][idx], used["f_number"][idx],
-                                used["focus_distance_m"][idx], flags["sensor_width_mm"])
-            out[idx] = render(input[idx], depth[idx], sub_lens, aperture, flags["method"], flags["gamma"],
-                              backend=flags["backend"])
+        idx = applied.nonzero().flatten()
+        if idx.numel():  # one render of the drawn images, each with its own aperture
+            out[idx] = render_coc(input[idx], signed[idx], self._apertures(used, idx.tolist()),
+                                  flags["method"], flags["gamma"], backend=flags["backend"])
         self._last = (coc, used)
         return out
 
@@ -421,14 +419,15 @@ class RandomDefocus(IntensityAugmentationBase2D):
             return idx, int(params["blades"][i]), float(params["rotation_deg"][i])
         return idx, 0, 0.0
 
-    def _aperture_groups(self, used: Dict[str, torch.Tensor]) -> Dict[tuple, torch.Tensor]:
-        applied = used["applied"].tolist()
-        groups: Dict[tuple, List[int]] = {}
-        for i, a in enumerate(applied):
-            if a:
-                groups.setdefault(self._aperture_key(used, i), []).append(i)
-        dev = used["applied"].device
-        return {k: torch.tensor(v, device=dev, dtype=torch.long) for k, v in groups.items()}
+    def _apertures(self, used: Dict[str, torch.Tensor], idx: List[int]) -> List[Aperture]:
+        """The apertures of images ``idx``; images with the same draw share one object, so
+        :func:`~lensblur.render_coc` renders them together."""
+        made: Dict[tuple, Aperture] = {}
+        keys = [self._aperture_key(used, i) for i in idx]
+        for k in keys:
+            if k not in made:
+                made[k] = self._make_aperture(*k)
+        return [made[k] for k in keys]
 
     def _make_aperture(self, idx: int, blades: int, rotation_deg: float) -> Aperture:
         a = self.apertures[idx]

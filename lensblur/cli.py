@@ -15,7 +15,6 @@ turns them off.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from pathlib import Path
@@ -41,13 +40,16 @@ class UsageError(LensBlurError):
 
 
 def parse_aperture(text: str) -> Aperture:
-    """Parse ``--aperture``: ``disk``, ``polygon:BLADES``, ``polygon:BLADES:ROTATION_DEG`` or
-    ``polygon:BLADES:ROTATION_DEG:ROUNDNESS``.
+    """Parse ``--aperture``: ``disk``, ``polygon:BLADES``, ``polygon:BLADES:ROTATION_DEG``,
+    ``polygon:BLADES:ROTATION_DEG:ROUNDNESS`` or ``image:PATH`` (a custom bokeh shape: the
+    image's luminance, any size, bright = open; e.g. a heart cut out of black card).
 
     Example:
         >>> parse_aperture("polygon:6:15")
         Aperture.polygon(blades=6, rotation_deg=15, roundness=0)
     """
+    if text.strip().lower().startswith("image:"):
+        return _aperture_from_image(text.strip()[len("image:"):])
     parts = text.strip().lower().split(":")
     if parts[0] == "disk" and len(parts) == 1:
         return Aperture.disk()
@@ -62,7 +64,32 @@ def parse_aperture(text: str) -> Aperture:
             return Aperture.polygon(blades=blades, rotation_deg=rot, roundness=rnd)
         except LensBlurError as exc:
             raise UsageError(f"bad --aperture {text!r}: {exc}") from exc
-    raise UsageError(f"bad --aperture {text!r}; use disk or polygon:BLADES[:ROTATION_DEG[:ROUNDNESS]]")
+    raise UsageError(f"bad --aperture {text!r}; use disk, polygon:BLADES[:ROTATION_DEG[:ROUNDNESS]] "
+                     "or image:PATH")
+
+
+def _aperture_from_image(path: str) -> Aperture:
+    """``--aperture image:PATH``: the greyscale image (8/16 bit, values / max) as the kernel."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"bad --aperture image:{path}: file not found")
+    try:
+        with Image.open(p) as im:
+            if im.width * im.height > 1024 * 1024:
+                raise UsageError(f"bad --aperture image:{path}: {im.width}x{im.height} is larger than "
+                                 "1024x1024 pixels (the shape is resampled to the blur size anyway)")
+            arr = np.asarray(im.convert("F" if im.mode in ("I", "I;16", "F") else "L"), dtype=np.float32)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UsageError(f"bad --aperture image:{path}: not a readable image ({exc})") from exc
+    if not arr.size or float(arr.max()) <= 0:
+        raise UsageError(f"bad --aperture image:{path}: the image is black (no open aperture)")
+    try:
+        return Aperture.from_image(torch.from_numpy(arr / float(arr.max())))
+    except LensBlurError as exc:
+        raise UsageError(f"bad --aperture image:{path}: {exc}") from exc
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
@@ -95,13 +122,15 @@ def _device(name: str) -> torch.device:
 MAX_DEMO_PIXELS = 8192 * 8192
 
 
-def _check_out(out: Path, inputs, overwrite: bool) -> None:
-    """Refuse an ``--out`` that is one of the inputs, or an existing file without ``--overwrite``."""
+def _check_out(out: Path, inputs, overwrite: bool, what: str = "--out") -> None:
+    """Refuse an output (``--out``) that is one of the inputs, or an existing file without ``--overwrite``."""
     for path in inputs:
+        if path is None:
+            continue
         if out.resolve() == path.resolve() or (out.exists() and out.samefile(path)):
-            raise UsageError(f"--out {out} is also an input file; choose another output path")
+            raise UsageError(f"{what} {out} is also an input file; choose another output path")
     if out.exists() and not overwrite:
-        raise UsageError(f"--out {out} already exists; pass --overwrite to replace it")
+        raise UsageError(f"{what} {out} already exists; pass --overwrite to replace it")
 
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> float:
@@ -217,19 +246,28 @@ def cmd_render(args) -> int:
 
     # cheap checks first, so a typo never waits for a render
     image_path = _check_suffix(args.image, IMAGE_SUFFIXES, "image")
-    depth_path = _check_suffix(args.depth, DEPTH_SUFFIXES, "depth")
+    if (args.depth is None) == (args.depth_model is None):
+        raise UsageError("give a depth file or --depth-model PATH (exactly one of them)")
+    if (args.focus is None) == (args.focus_at is None):
+        raise UsageError("give --focus M or --focus-at X,Y (exactly one of them)")
+    depth_path = None if args.depth is None else _check_suffix(args.depth, DEPTH_SUFFIXES, "depth")
     out_path = _check_suffix(args.out, OUTPUT_SUFFIXES, "--out")
+    save_depth = None if args.save_depth is None else _check_suffix(args.save_depth, (".npy", ".exr", ".png"),
+                                                                    "--save-depth")
     for path, what in ((image_path, "image"), (depth_path, "depth")):
-        if not path.is_file():
+        if path is not None and not path.is_file():
             raise UsageError(f"{what} file not found: {path}")
     _check_out(out_path, (image_path, depth_path), args.overwrite)
+    if save_depth is not None:
+        _check_out(save_depth, (image_path, depth_path, out_path), args.overwrite, "--save-depth")
     _positive("--depth-scale", args.depth_scale)
     _positive("--highlight-boost", args.highlight_boost, allow_zero=True)
     _positive("--highlight-threshold", args.highlight_threshold)
     device = _device(args.device)
     aperture = parse_aperture(args.aperture)
-    lens = ThinLens(focal_length_mm=args.focal_length, f_number=args.f_number,
-                    focus_distance_m=args.focus, sensor_width_mm=args.sensor_width)
+    lens_args = dict(focal_length_mm=args.focal_length, f_number=args.f_number, sensor_width_mm=args.sensor_width)
+    if args.focus is not None:   # else --focus-at: the lens is made once the depth is known
+        lens = ThinLens(focus_distance_m=args.focus, **lens_args)
 
     steps = ["read", "render", "write"]
     bar = _progress(steps, len(steps), "lensblur render", not args.no_progress)
@@ -241,11 +279,19 @@ def cmd_render(args) -> int:
         if step == "read":
             try:
                 image = read_image(image_path)
-                depth = read_depth(depth_path, depth_scale=args.depth_scale)
+                depth = None if depth_path is None else read_depth(depth_path, depth_scale=args.depth_scale)
             except OSError as exc:
                 raise UsageError(f"cannot read input: {exc}") from exc
-            if args.disparity:
+            if depth is None:
+                depth = _photo_depth(args, image)
+            elif args.disparity:
                 depth = 1.0 / depth
+            if args.focus_at is not None:
+                focus = _focus_at(args, depth)
+                lens = ThinLens(focus_distance_m=focus, **lens_args)
+                print(f"focus at {args.focus_at}: {focus:.4g} m", file=sys.stderr)
+            if save_depth is not None:
+                _save_depth(save_depth, depth, args.depth_scale)
             if image.shape[-2:] != depth.shape[-2:]:
                 raise UsageError(f"image is {image.shape[-1]}x{image.shape[-2]} but depth is "
                                  f"{depth.shape[-1]}x{depth.shape[-2]}: they must have the same size")
@@ -264,29 +310,92 @@ def cmd_render(args) -> int:
 
 
 # ---------------------------------------------------------------------------------- bench
-def _import_benchmarks():
-    """``benchmarks.__main__`` from the source checkout this package lives in (editable
-    install), else from ``sys.path``; None when neither has it."""
-    repo = Path(__file__).resolve().parents[1]
-    if (repo / "benchmarks" / "__main__.py").is_file() and str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
-    try:
-        mod = importlib.import_module("benchmarks.__main__")
-    except ImportError:
-        return None
-    return mod if callable(getattr(mod, "main", None)) else None
-
-
 def cmd_bench(args) -> int:
-    mod = _import_benchmarks()
-    if mod is None:
-        raise UsageError("the benchmark suite is not importable: `lensblur bench` runs the "
-                         "`benchmarks/` folder of a source checkout, so install lensblur from a clone "
-                         "with `pip install -e .` (or run `python -m benchmarks` in the clone)")
-    rest = list(args.rest)
-    if rest and rest[0] == "--":
-        rest = rest[1:]
-    return int(mod.main(rest) or 0)
+    from .bench import format_table, run_bench
+
+    rows = run_bench(sizes=args.size, max_cocs=args.max_coc, methods=args.methods.split(","),
+                     backends=None if args.backends is None else args.backends.split(","),
+                     modes=args.modes.split(","), device=args.device, min_time_s=args.min_time,
+                     progress=None if args.no_progress else
+                     (lambda r: print(f"  {r.height}x{r.width} coc {r.max_coc:g} {r.method} {r.backend} "
+                                      f"{r.mode}: {r.ms:.4g} ms", file=sys.stderr)))
+    print(f"lensblur bench on {args.device} (medians; speed-up over backend 'torch' in this run; "
+          f"the full suite is `python -m benchmarks` in a source checkout)")
+    print(format_table(rows))
+    return 0
+
+
+# ---------------------------------------------------------------------------------- photos
+FOCUS_WINDOW_PX = 5
+
+
+def _add_photo_options(r) -> None:
+    g = r.add_argument_group("photos without a depth map")
+    g.add_argument("--depth-model", default=None, metavar="PATH",
+                   help="estimate the depth with this local transformers depth checkpoint (e.g. a "
+                        "Depth Anything model directory) when no depth file is given")
+    g.add_argument("--depth-range", default=None, metavar="NEAR,FAR",
+                   help="metres of the nearest and farthest points, which fix the scale and shift of "
+                        "a relative (non-metric) depth model; default 1,20 (metric models ignore it)")
+
+
+def _parse_pair(text: str, option: str, kind=float) -> tuple:
+    try:
+        a, b = (kind(v) for v in text.split(","))
+    except ValueError as exc:
+        raise UsageError(f"bad {option} {text!r}: expected two numbers A,B") from exc
+    return a, b
+
+
+def _photo_depth(args, image: torch.Tensor) -> torch.Tensor:
+    """The depth of ``--depth-model`` for the linear ``image`` (1, 3, H, W), metres."""
+    from kornia.color import linear_rgb_to_rgb
+
+    from .depth_model import DEFAULT_DEPTH_RANGE_M, DepthModel
+
+    rng = DEFAULT_DEPTH_RANGE_M if args.depth_range is None else _parse_pair(args.depth_range, "--depth-range")
+    model = DepthModel.from_pretrained(args.depth_model)
+    if model.kind == "relative" and args.depth_range is None:
+        print(f"note: {args.depth_model} is a relative depth model: its inverse depth is mapped to "
+              f"{rng[0]:g}-{rng[1]:g} m (set --depth-range NEAR,FAR for the scene)", file=sys.stderr)
+    try:
+        return model(linear_rgb_to_rgb(image.clamp(0, 1)), depth_range_m=rng)
+    except LensBlurError as exc:
+        raise UsageError(f"bad --depth-range {args.depth_range!r}: {exc}") from exc
+
+
+def _focus_at(args, depth: torch.Tensor) -> float:
+    from .depth_model import focus_depth_at
+
+    x, y = _parse_pair(args.focus_at, "--focus-at", int)
+    h, w = depth.shape[-2:]
+    if not (0 <= x < w and 0 <= y < h):
+        raise UsageError(f"--focus-at {x},{y} lies outside the {w}x{h} image")
+    return focus_depth_at(depth, x, y, FOCUS_WINDOW_PX)
+
+
+def _save_depth(path: Path, depth: torch.Tensor, depth_scale: float) -> None:
+    import numpy as np
+
+    arr = depth[0, 0].detach().float().cpu().numpy()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix.lower() == ".npy":
+            np.save(path, arr)
+        elif path.suffix.lower() == ".exr":
+            from .exr import write_exr
+
+            write_exr(path, {"Z": arr})
+        else:
+            from PIL import Image
+
+            scaled = np.round(arr * depth_scale)
+            if scaled.max() > 65535:
+                raise UsageError(f"cannot write {path}: depth {arr.max():.4g} m x --depth-scale {depth_scale:g} "
+                                 "exceeds 16 bits; use .npy or .exr, or a smaller --depth-scale")
+            Image.fromarray(np.clip(scaled, 1, 65535).astype(np.uint16)).save(path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 # ---------------------------------------------------------------------------------- parser
@@ -326,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                        help="torch device")
         g.add_argument("--aperture", default="polygon:6",
-                       help="bokeh shape: disk | polygon:BLADES[:ROTATION_DEG[:ROUNDNESS]]")
+                       help="bokeh shape: disk | polygon:BLADES[:ROTATION_DEG[:ROUNDNESS]] | image:PATH "
+                            "(a greyscale picture of the aperture, bright = open)")
         g.add_argument("--highlight-boost", type=float, default=0.0, metavar="B",
                        help="amplify the luminance above --highlight-threshold by (1 + B) before "
                             "blurring, so highlights bloom into bright bokeh")
@@ -356,12 +466,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Render the depth of field of a thin lens for an all-in-focus "
                                    "image and its metric depth map.")
     r.add_argument("image", help=f"all-in-focus sRGB image ({', '.join(IMAGE_SUFFIXES)})")
-    r.add_argument("depth", help="depth map in metres: .npy (float, metres), 8/16-bit .png/.tif "
-                                 "(metres x --depth-scale), .exr (metres)")
+    r.add_argument("depth", nargs="?", default=None,
+                   help="depth map in metres: .npy (float, metres), 8/16-bit .png/.tif "
+                        "(metres x --depth-scale), .exr (metres); omit it with --depth-model")
     g = r.add_argument_group("lens")
     g.add_argument("--focal-length", type=float, required=True, metavar="MM", help="focal length in mm")
     g.add_argument("--f-number", type=float, required=True, metavar="N", help="f-number (aperture)")
-    g.add_argument("--focus", type=float, required=True, metavar="M", help="focus distance in metres")
+    g.add_argument("--focus", type=float, default=None, metavar="M",
+                   help="focus distance in metres (or --focus-at)")
+    g.add_argument("--focus-at", default=None, metavar="X,Y",
+                   help="focus on the pixel at column X, row Y: the median depth of the 5x5 pixels "
+                        "around it")
+    _add_photo_options(r)
     g.add_argument("--sensor-width", type=float, default=36.0, metavar="MM",
                    help="sensor width in mm (36 = full frame); the image spans it")
     g = r.add_argument_group("input and output")
@@ -374,15 +490,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "linear radiance, the others are 8-bit sRGB")
     g.add_argument("--overwrite", action="store_true",
                    help="replace --out if it exists (it may never be one of the inputs)")
+    g.add_argument("--save-depth", default=None, metavar="PATH",
+                   help="also write the depth map used (metres) to PATH: .npy, .exr (float32) or "
+                        ".png (16 bit, metres x --depth-scale)")
     common(r, 0.9)
     r.set_defaults(func=cmd_render)
 
-    b = sub.add_parser("bench", formatter_class=_Formatter, add_help=False,
-                       help="benchmark the blur backends (see `lensblur bench --help`)",
-                       description="Run the benchmark suite (python -m benchmarks); every argument "
-                                   "is passed on to it.")
-    b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of `python -m benchmarks`")
-    b.set_defaults(func=cmd_bench)   # main() hands everything after `bench` over untouched
+    b = sub.add_parser("bench", formatter_class=_Formatter,
+                       help="print a throughput table of the blur backends on this machine",
+                       description="Time every available backend on the workload of the performance "
+                                   "anchors and print a table with the speed-up over the PyTorch "
+                                   "reference measured in the same run (lensblur.bench).  The full "
+                                   "suite (sweeps, baselines, memory, plots) is `python -m benchmarks` "
+                                   "in a source checkout.")
+    b.add_argument("--size", type=int, nargs="+", default=[256], help="square image sizes (pixels)")
+    b.add_argument("--max-coc", type=float, nargs="+", default=[17.0], help="maximum coc diameters (pixels)")
+    b.add_argument("--methods", default="gather,scatter,layered", help="comma-separated methods")
+    b.add_argument("--backends", default=None, help="comma-separated backends (default: all available)")
+    b.add_argument("--modes", default="fwd", help="comma-separated modes: fwd, fwd+bwd")
+    b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    b.add_argument("--min-time", type=float, default=0.5, metavar="S",
+                   help="time each row for at least S seconds (median of the calls)")
+    b.add_argument("--no-progress", action="store_true", help="no per-row progress lines")
+    b.set_defaults(func=cmd_bench)
     return p
 
 
@@ -396,13 +526,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 bad usage/input, 1 unexpected)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    head = [a for a in argv[:argv.index("bench")]] if "bench" in argv else None
-    if head is not None and all(a.startswith("-") for a in head):
-        # `lensblur [--debug] bench ARGS...`: ARGS (even --help) belong to the benchmark runner
-        args = parser.parse_args(head + ["bench"])
-        args.rest = argv[len(head) + 1:]
-    else:
-        args = parser.parse_args(argv)   # exits 2 with argparse's message on bad usage
+    args = parser.parse_args(argv)   # exits 2 with argparse's message on bad usage
     try:
         return int(args.func(args) or 0)
     except LensBlurError as exc:

@@ -2,7 +2,7 @@
 
 Colour images are 8/16-bit sRGB on disk and linear radiance in memory (kornia's sRGB transfer
 functions); depth maps are ``.npy`` (metres), 16-bit PNG (metres times ``depth_scale``), or
-scanline ``.exr`` (metres; :mod:`lensblur.exr`, no extra dependency).
+``.exr`` (metres; :mod:`lensblur.exr`, the ``exr`` extra: ``pip install "lensblur[exr]"``).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def read_depth(path: PathLike, depth_scale: float = 1.0) -> torch.Tensor:
     """Read a metric depth map as ``(1, 1, H, W)`` float32 metres.
 
     ``.npy``: values in metres (a 2-D array, or 3-D with one channel).  PNG (8/16-bit
-    greyscale): metres = value / ``depth_scale``.  ``.exr`` (scanline, see :mod:`lensblur.exr`):
+    greyscale): metres = value / ``depth_scale``.  ``.exr`` (any OpenEXR file, see :mod:`lensblur.exr`):
     metres, from the ``Z`` channel (else ``Y``, ``R``, ``depth`` or the first one).  Values must
     be finite and > 0.
     """

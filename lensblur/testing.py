@@ -10,12 +10,19 @@ Our own tests use these first; users can property-test their layers with them::
         image, depth = scene
         ...
 
+Beyond i.i.d. noise (:func:`images`, :func:`depths`, :func:`scenes`), the structured strategies
+draw what breaks depth-of-field code: piecewise-planar depth with sharp occlusion edges
+(:func:`layered_depths`), sparse highlights far brighter than the rest (:func:`highlights`), and
+whole scenes with an in-focus layer anywhere in the stack (:func:`layered_scenes`, used by
+``tests/test_structured_properties.py``).
+
 Requires ``hypothesis`` (in the ``test`` extra).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+import dataclasses
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
@@ -29,6 +36,7 @@ from .optics import ThinLens
 
 __all__ = ["images", "depths", "coc_maps", "scenes", "lenses", "apertures", "gradcheck",
            "check_gradients"]
+__all__ += ["layered_depths", "highlights", "layered_scenes", "LayeredScene"]
 
 
 def _tensor(draw, shape, lo: float, hi: float, dtype) -> torch.Tensor:
@@ -108,6 +116,119 @@ def apertures(draw, kinds: Sequence[str] = ("disk", "polygon", "image"), *,
     table = _tensor(draw, (h, w), 0.0, 1.0, torch.float32)
     table[h // 2, w // 2] = 1.0
     return Aperture.from_image(table, **kw)
+
+
+# ------------------------------------------------------------------ structured scenes
+# i.i.d. noise has no occlusion edges, no in-focus regions and no highlights: the places where
+# depth-of-field code breaks.  These strategies draw them on purpose.
+
+
+@st.composite
+def layered_depths(draw, height=st.integers(10, 20), width=st.integers(10, 20), *,
+                   planes=st.integers(2, 4), min_m: float = 0.5, max_m: float = 20.0,
+                   tilt: bool = True, dtype=torch.float64) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Piecewise-planar depth with sharp occlusion edges: ``(depth (1, 1, H, W), labels (1, 1, H, W))``.
+
+    Layer 0 is a background plane filling the frame; every further layer is a rectangle (any
+    position and size, possibly cut by the border) painted over the previous ones and strictly
+    **nearer** than all of them, so the map is what a camera sees of a stack of planar
+    surfaces.  Each layer is a plane in 3D: its inverse depth is affine in the pixel
+    coordinates (``1/z = u + a x + b y``; with ``tilt=False`` fronto-parallel), with slopes small
+    enough that layers never interpenetrate.  ``labels`` holds the layer index of every pixel
+    (``torch.long``); layer ``k`` is nearer than layer ``k - 1`` everywhere.
+    """
+    pick = lambda s: draw(s) if isinstance(s, st.SearchStrategy) else s  # noqa: E731
+    h, w, k = pick(height), pick(width), pick(planes)
+    # base inverse depths, far to near, with gaps of at least 20 % of the step
+    inv_lo, inv_hi = 1.0 / max_m, 1.0 / min_m
+    cuts = sorted(draw(st.lists(st.floats(0.0, 1.0), min_size=k, max_size=k)))
+    step = (inv_hi - inv_lo) / k
+    base = [inv_lo + step * (i + 0.1 + 0.6 * c) for i, c in enumerate(cuts)]
+    ys, xs = torch.meshgrid(torch.linspace(-0.5, 0.5, h, dtype=torch.float64),
+                            torch.linspace(-0.5, 0.5, w, dtype=torch.float64), indexing="ij")
+    inv = torch.empty(h, w, dtype=torch.float64)
+    labels = torch.zeros(h, w, dtype=torch.long)
+    for i, u in enumerate(base):
+        a, b = (draw(st.floats(-0.15, 0.15)) * step, draw(st.floats(-0.15, 0.15)) * step) if tilt else (0.0, 0.0)
+        plane = u + a * xs + b * ys                    # within u +- 0.15 step: no interpenetration
+        if i == 0:
+            mask = torch.ones(h, w, dtype=torch.bool)
+        else:
+            r0, c0 = draw(st.integers(-2, h - 3)), draw(st.integers(-2, w - 3))
+            rh, cw = draw(st.integers(3, max(3, h // 2 + 2))), draw(st.integers(3, max(3, w // 2 + 2)))
+            mask = torch.zeros(h, w, dtype=torch.bool)
+            mask[max(0, r0):max(0, r0 + rh), max(0, c0):max(0, c0 + cw)] = True
+        inv = torch.where(mask, plane, inv)
+        labels = torch.where(mask, torch.full_like(labels, i), labels)
+    return (1.0 / inv).to(dtype)[None, None], labels[None, None]
+
+
+@st.composite
+def highlights(draw, height=st.integers(10, 20), width=st.integers(10, 20), *, count=st.integers(1, 4),
+               background: Tuple[float, float] = (0.0, 0.3), peak: Tuple[float, float] = (5.0, 50.0),
+               channels: int = 3, dtype=torch.float64) -> torch.Tensor:
+    """``(1, C, H, W)`` dim images with a few sparse, very bright pixels (linear radiance far
+    above 1, as specular highlights and lights are): where bokeh discs come from, and where a
+    renderer that loses or invents energy shows it at once."""
+    pick = lambda s: draw(s) if isinstance(s, st.SearchStrategy) else s  # noqa: E731
+    h, w, n = pick(height), pick(width), pick(count)
+    img = _tensor(draw, (1, channels, h, w), background[0], background[1], dtype)
+    for _ in range(n):
+        y, x = draw(st.integers(0, h - 1)), draw(st.integers(0, w - 1))
+        img[0, :, y, x] = draw(st.floats(*peak))
+    return img
+
+
+@dataclasses.dataclass
+class LayeredScene:
+    """A scene drawn by :func:`layered_scenes`.
+
+    Attributes:
+        image: ``(1, C, H, W)`` linear radiance: a colour per layer with a little texture, plus
+            sparse highlights.
+        depth: ``(1, 1, H, W)`` piecewise-planar metres (:func:`layered_depths`).
+        labels: ``(1, 1, H, W)`` layer index per pixel (higher = nearer).
+        focus_distance_m: the depth of the in-focus layer (a fronto-parallel one).
+        in_focus: ``(1, 1, H, W)`` bool, the pixels exactly at ``focus_distance_m`` (coc 0).
+        highlight: ``(1, 1, H, W)`` bool, the highlight pixels.
+    """
+
+    image: torch.Tensor
+    depth: torch.Tensor
+    labels: torch.Tensor
+    focus_distance_m: float
+    in_focus: torch.Tensor
+    highlight: torch.Tensor
+
+
+@st.composite
+def layered_scenes(draw, height=st.integers(10, 20), width=st.integers(10, 20), *,
+                   planes=st.integers(2, 4), min_m: float = 0.5, max_m: float = 20.0,
+                   channels: int = 3, highlight_count=st.integers(0, 3), dtype=torch.float64) -> LayeredScene:
+    """Piecewise-planar scenes with sharp occlusion edges, an in-focus layer and highlights.
+
+    One layer (any of them: background, middle or front) is made fronto-parallel and is the
+    focus plane, so a renderer must leave it sharp; the others are tilted planes in front of or
+    behind it.  The image gives each layer its own colour (plus 5 % texture), so occlusion
+    edges are colour edges, and adds sparse highlights (values 5-50) anywhere.
+    """
+    pick = lambda s: draw(s) if isinstance(s, st.SearchStrategy) else s  # noqa: E731
+    h, w, k = pick(height), pick(width), pick(planes)
+    depth, labels = draw(layered_depths(h, w, planes=k, min_m=min_m, max_m=max_m, dtype=torch.float64))
+    present = sorted(set(labels.flatten().tolist()))
+    sharp = draw(st.sampled_from(present))
+    z = float(depth[labels == sharp].median())
+    depth = torch.where(labels == sharp, torch.full_like(depth, z), depth)   # fronto-parallel
+    colours = _tensor(draw, (k, channels), 0.1, 0.9, torch.float64)
+    image = colours[labels[0, 0]].permute(2, 0, 1)[None]                      # (1, C, H, W)
+    image = image * (1 + 0.05 * (2 * _tensor(draw, image.shape, 0.0, 1.0, torch.float64) - 1))
+    n = pick(highlight_count)
+    highlight = torch.zeros(1, 1, h, w, dtype=torch.bool)
+    for _ in range(n):
+        y, x = draw(st.integers(0, h - 1)), draw(st.integers(0, w - 1))
+        image[0, :, y, x] = draw(st.floats(5.0, 50.0))
+        highlight[0, 0, y, x] = True
+    return LayeredScene(image.to(dtype), depth.to(dtype), labels, z, labels == sharp, highlight)
 
 
 def gradcheck(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor, eps: float = 1e-6,

@@ -10,16 +10,10 @@ import lensblur
 from lensblur import Aperture, LensBlurError, ThinLens
 from lensblur.augment import DEFAULT_METHOD, RandomDefocus
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 # Ranges that always give a clearly visible blur on a 24-px-wide frame: coc of several pixels.
 STRONG = dict(focal_length_mm=(150.0, 200.0), f_number=(1.4, 2.0), focus_distance_m=(1.0, 1.5),
               depth_range_m=(6.0, 10.0))
-
-
-@pytest.fixture(params=DEVICES)
-def device(request):
-    return torch.device(request.param)
 
 
 def images(b=4, c=3, h=16, w=24, seed=0, dtype=torch.float32, device="cpu"):
@@ -64,8 +58,8 @@ class TestRandomDefocus:
         for key in ("focal_length_mm", "f_number", "focus_distance_m"):
             torch.testing.assert_close(params[key], p[key][:3].float())
 
-    def test_p0_returns_input_unchanged(self):
-        x = images()
+    def test_p0_returns_input_unchanged(self, device):
+        x = images(device=device)
         aug = RandomDefocus(**STRONG, p=0.0)
         out, coc, params = aug(x, return_coc=True, return_params=True)
         assert torch.equal(out, x)
@@ -73,8 +67,8 @@ class TestRandomDefocus:
         assert not params["applied"].any()
 
     @pytest.mark.parametrize("seed", [0, 1, 2])
-    def test_p1_always_changes(self, seed):
-        x = images(b=6, seed=seed)
+    def test_p1_always_changes(self, device, seed):
+        x = images(b=6, seed=seed, device=device)
         torch.manual_seed(seed)
         aug = RandomDefocus(**STRONG, p=1.0)
         out, coc = aug(x, return_coc=True)
@@ -82,8 +76,8 @@ class TestRandomDefocus:
         change = (out - x).abs().amax(dim=(1, 2, 3))
         assert bool((change > 0.05).all()), change
 
-    def test_p_half_mixes_and_skipped_rows_are_untouched(self):
-        x = images(b=16, h=8, w=8)
+    def test_p_half_mixes_and_skipped_rows_are_untouched(self, device):
+        x = images(b=16, h=8, w=8, device=device)
         torch.manual_seed(3)
         aug = RandomDefocus(**STRONG, p=0.5)
         out, coc, params = aug(x, return_coc=True, return_params=True)
@@ -93,8 +87,8 @@ class TestRandomDefocus:
         assert bool((coc[~applied] == 0).all()) and bool((coc[applied] > 0).all())
         assert bool(((out[applied] - x[applied]).abs().amax(dim=(1, 2, 3)) > 0.02).all())
 
-    def test_seeded_determinism(self):
-        x = images()
+    def test_seeded_determinism(self, device):
+        x = images(device=device)
         aug = RandomDefocus(**STRONG, p=0.7)
         runs = []
         for seed in (5, 5, 6):
@@ -104,8 +98,8 @@ class TestRandomDefocus:
         assert torch.equal(runs[0][1]["f_number"], runs[1][1]["f_number"])
         assert not torch.equal(runs[0][1]["f_number"], runs[2][1]["f_number"])
 
-    def test_generator_seeding_ignores_global_state(self):
-        x = images()
+    def test_generator_seeding_ignores_global_state(self, device):
+        x = images(device=device)
         outs = []
         for global_seed in (0, 1):
             torch.manual_seed(global_seed)
@@ -115,8 +109,8 @@ class TestRandomDefocus:
         assert torch.equal(outs[0][1]["applied"], outs[1][1]["applied"])
         assert torch.equal(outs[0][1]["focus_distance_m"], outs[1][1]["focus_distance_m"])
 
-    def test_replay_params(self):
-        x = images()
+    def test_replay_params(self, device):
+        x = images(device=device)
         aug = RandomDefocus(**STRONG, p=0.5)
         torch.manual_seed(0)
         out = aug(x)

@@ -222,33 +222,7 @@ def test_exr_round_trip_every_compression_and_type(tmp_path, compression):
 
 
 # ---------------------------------------------------------------------------------- bench
-def test_bench_runs_the_suite_and_writes_results(tmp_path):
-    """``lensblur bench`` finds the checkout's benchmarks/ even when run from another folder."""
-    out = tmp_path / "RESULTS.md"
-    r = run_cli("bench", "--smoke", "--suites", "anchors,coc", "--backends", "torch", "--no-memory",
-                "--min-time", "0", "--no-progress", "--out", out, timeout=300, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    # every row against the reference of the same run; the reference itself is 1x
-    rows = [line.split("|") for line in r.stdout.splitlines() if line.startswith("| 32×32 | 5 |")]
-    assert {row[4].strip() for row in rows} == {"gather", "naive", "mpi"}
-    ref = [row for row in rows if row[4:6] == [" gather ", " torch "]]
-    assert len(ref) == 2 and all(row[9].strip() == "1×" for row in ref)
-    speedups = [float(row[9].strip().rstrip("×").replace(",", "")) for row in rows]
-    assert all(x > 0 for x in speedups)
-    assert "beats" in r.stdout or "loses to" in r.stdout
-    text = out.read_text()
-    assert "machine:" in text and "torch " in text and "python -m benchmarks --smoke" in text
-    for mode in ("fwd", "fwd_bwd"):
-        png = tmp_path / "plots" / f"throughput_vs_coc_{mode}.png"
-        assert f"plots/{png.name}" in text
-        with Image.open(png) as im:
-            assert im.size == (760, 480)
-
-
-def test_bench_without_the_suite_is_a_clear_usage_error(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_import_benchmarks", lambda: None)
-    code, err = _main(capsys, "bench", "--quick")
-    assert code == 2 and "pip install -e ." in err
+# `lensblur bench` and the full suite (`python -m benchmarks`): tests/test_bench_cli.py
 
 
 def test_benchmark_baselines_compute_the_same_blur():

@@ -16,11 +16,11 @@ from lensblur.learnable import LearnableAperture, LearnablePolygon, fit_lens
 F64 = torch.float64
 
 
-def _case(h=7, w=8, seed=0, max_coc=5.0):
+def _case(h=7, w=8, seed=0, max_coc=5.0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     img = torch.rand(1, 2, h, w, generator=g, dtype=F64)
     coc = torch.rand(1, 1, h, w, generator=g, dtype=F64) * max_coc
-    return img, coc
+    return img.to(device), coc.to(device)
 
 
 def _corr(a, b):
@@ -33,10 +33,10 @@ def _corr(a, b):
 
 class TestApertureGradients:
     @pytest.mark.parametrize("method", ["gather", "scatter"])
-    def test_gradcheck_image_kernel(self, method):
+    def test_gradcheck_image_kernel(self, method, device):
         # image and coc gradients are gradchecked in test_defocus.py; here the table's
-        img, coc = _case(h=5, w=6)
-        table = (torch.rand(4, 5, generator=torch.Generator().manual_seed(1), dtype=F64) + 0.1)
+        img, coc = _case(h=5, w=6, device=device)
+        table = (torch.rand(4, 5, generator=torch.Generator().manual_seed(1), dtype=F64) + 0.1).to(device)
         table.requires_grad_()
 
         def f(t):
@@ -45,10 +45,10 @@ class TestApertureGradients:
         assert torch.autograd.gradcheck(f, (table,), fast_mode=True)
 
     @pytest.mark.parametrize("method", ["gather", "scatter"])
-    def test_gradcheck_polygon_shape_parameters(self, method):
-        img, coc = _case(h=5, w=6, seed=2)
-        rot = torch.tensor(12.0, dtype=F64, requires_grad=True)
-        rnd = torch.tensor(0.3, dtype=F64, requires_grad=True)
+    def test_gradcheck_polygon_shape_parameters(self, method, device):
+        img, coc = _case(h=5, w=6, seed=2, device=device)
+        rot = torch.tensor(12.0, dtype=F64, device=device, requires_grad=True)
+        rnd = torch.tensor(0.3, dtype=F64, device=device, requires_grad=True)
 
         def f(r, s):
             ap = Aperture.polygon(5, r, s, squeeze=1.2, cats_eye=0.4)
@@ -62,24 +62,25 @@ class TestApertureGradients:
         k[3, 4].backward()
         assert t.grad is not None and bool(t.grad.abs().sum() > 0)
 
-    def test_constant_shape_tensors_match_floats(self):
-        img, coc = _case(seed=3)
+    def test_constant_shape_tensors_match_floats(self, device):
+        img, coc = _case(seed=3, device=device)
         a = lensblur.defocus(img, coc, Aperture.polygon(6, 17.0, 0.25), backend="torch")
-        b = lensblur.defocus(img, coc, Aperture.polygon(6, torch.tensor(17.0, dtype=F64),
-                                                         torch.tensor(0.25, dtype=F64)), backend="torch")
+        b = lensblur.defocus(img, coc, Aperture.polygon(6, torch.tensor(17.0, dtype=F64, device=device),
+                                                         torch.tensor(0.25, dtype=F64, device=device)),
+                             backend="torch")
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
     @pytest.mark.parametrize("method", ["gather", "scatter", "layered"])
-    def test_render_passes_gradients_to_the_aperture(self, method):
+    def test_render_passes_gradients_to_the_aperture(self, method, device):
         g = torch.Generator().manual_seed(4)
-        img = torch.rand(1, 3, 10, 12, generator=g)
-        depth = torch.rand(1, 1, 10, 12, generator=g) * 3 + 1
-        poly = LearnablePolygon(6, 10.0, 0.3)
-        free = LearnableAperture(7)
+        img = torch.rand(1, 3, 10, 12, generator=g).to(device)
+        depth = (torch.rand(1, 1, 10, 12, generator=g) * 3 + 1).to(device)
+        poly = LearnablePolygon(6, 10.0, 0.3).to(device)
+        free = LearnableAperture(7).to(device)
         lens = ThinLens(50.0, 1.4, 2.0, sensor_width_mm=3.0)
         for module in (poly, free):
             out = lensblur.render(img, depth, lens, module(), method=method, backend="torch")
-            (out * torch.rand(out.shape, generator=g)).sum().backward()
+            (out * torch.rand(out.shape, generator=g).to(device)).sum().backward()
             for p in module.parameters():
                 assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
 
@@ -225,6 +226,7 @@ def _fit_scene(h=24, w=24):
     return img, depth
 
 
+@pytest.mark.slow   # fits by gradient descent (tens of seconds)
 class TestFitLens:
     def test_recovers_f_number_focus_and_a_rotated_7_blade_aperture(self):
         img, depth = _fit_scene()

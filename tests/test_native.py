@@ -112,6 +112,7 @@ class TestGradcheck:
 
 
 class TestProperties:
+    # the backend-agnostic ones are in test_backend_properties.py (shared with the other backends)
     @pytest.mark.parametrize("method", METHODS)
     def test_thread_count_independent(self, native, method, monkeypatch):
         """Every value is computed by one thread in a fixed order: bitwise equal results."""
@@ -132,48 +133,6 @@ class TestProperties:
             for a, b in zip(res[i % k][1], res[i][1]):
                 assert torch.equal(a, b), f"{res[i][0]} threads differ from 1 thread"
 
-    @pytest.mark.parametrize("method", METHODS)
-    def test_constant_image_is_preserved(self, native, method):
-        image = torch.full((1, 3, 9, 12), 0.37)
-        coc = make_case((1, 1, 9, 12), "mixed")[1] * 2
-        out = lensblur.defocus(image, coc, APERTURES["rounded5_anamorphic_catseye"], method=method,
-                               backend="native")
-        torch.testing.assert_close(out, image, atol=2e-6, rtol=0)
-
-    def test_delta_gives_the_normalised_aperture_kernel(self, native):
-        ap = APERTURES["image_star"]
-        n, c = 21, 7.0
-        image = torch.zeros(1, 1, n, n, dtype=torch.float64)
-        image[0, 0, n // 2, n // 2] = 1.0
-        out = lensblur.defocus(image, torch.full((1, 1, n, n), c, dtype=torch.float64), ap,
-                               method="scatter", backend="native")[0, 0]
-        k = ap.kernel(torch.tensor(c, dtype=torch.float64))
-        r = k.shape[0] // 2
-        torch.testing.assert_close(out[n // 2 - r:n // 2 + r + 1, n // 2 - r:n // 2 + r + 1], k,
-                                   atol=1e-12, rtol=1e-9)
-
-    def test_inputs_not_modified_and_non_contiguous(self, native):
-        image, coc = make_case((1, 3, 9, 8), "large", seed=5)
-        i0, c0 = image.clone(), coc.clone()
-        nc = image.transpose(2, 3).contiguous().transpose(2, 3)
-        ncc = coc.transpose(2, 3).contiguous().transpose(2, 3)
-        assert not nc.is_contiguous() and not ncc.is_contiguous()
-        for method in METHODS:
-            a = lensblur.defocus(nc, ncc, method=method, backend="native")
-            b = lensblur.defocus(image, coc, method=method, backend="native")
-            torch.testing.assert_close(a, b, atol=0, rtol=0)
-        assert torch.equal(image, i0) and torch.equal(coc, c0)
-
-    def test_table_edited_in_place_is_not_stale(self, native):
-        ap = lensblur.Aperture.from_image(star_kernel(9))
-        image, coc = make_case((1, 1, 8, 9), "large", seed=6)
-        lensblur.defocus(image, coc, ap, backend="native")           # fills the table cache
-        with torch.no_grad():
-            ap.table.fill_(0.0)
-            ap.table[:, :2] = 1.0                                       # a different shape
-        a = lensblur.defocus(image, coc, ap, backend="native")
-        b = lensblur.defocus(image, coc, ap, backend="torch")
-        torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
 
     def test_half_input_keeps_its_dtype(self, native):
         image, coc = make_case((1, 3, 6, 7), "large", seed=2)

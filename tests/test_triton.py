@@ -95,6 +95,7 @@ class TestParity:
                      what=f"{dtype} {ap_name} {method}")
 
     @pytest.mark.parametrize("method", METHODS)
+    @pytest.mark.slow  # 15-25 s under the Triton interpreter on CPU
     def test_many_tiles_and_channel_chunks(self, method, device, monkeypatch):
         """Tiny 2x4 tiles so that tile max-coc culling and the neighbourhood bound decide the
         result: a 7 px spot among in-focus pixels must still reach tiles two tile rows away
@@ -111,6 +112,7 @@ class TestParity:
         check_parity(image, coc, APERTURES["rounded5_anamorphic_catseye"], method, device,
                      what=f"tiles {method}")
 
+    @pytest.mark.slow  # 15-25 s under the Triton interpreter on CPU
     def test_small_image_table_and_squeeze(self, device):
         # a 3x3 table (the largest reach), squeezed so that the window is not square
         ap = lensblur.Aperture.from_image(star_kernel(5)[1:4, 1:4], squeeze=0.6)
@@ -127,6 +129,7 @@ class TestParity:
         check_parity(image, coc, lensblur.Aperture.disk(squeeze=1.3), "gather", device,
                      what=f"prefix {coc_kind}")
 
+    @pytest.mark.slow  # 15-25 s under the Triton interpreter on CPU
     def test_disk_prefix_and_tap_loop_tiles_in_one_call(self, device, monkeypatch):
         """Tiles above the radius threshold take the prefix path, the others the tap loop; a
         coc far larger than the frame cuts every kernel row at the border."""
@@ -154,74 +157,8 @@ class TestParity:
                      what=f"anchors {dtype} {method}")
 
 
-class TestProperties:
-    @pytest.mark.parametrize("method", METHODS)
-    def test_constant_image_is_preserved(self, method, device):
-        image = torch.full((1, 3, 9, 12), 0.37, device=device)
-        coc = make_case((1, 1, 9, 12), "mixed")[1].to(device)
-        out = lensblur.defocus(image, coc, APERTURES["hexagon"], method=method, backend="triton")
-        torch.testing.assert_close(out, image, atol=2e-6, rtol=0)
-
-    def test_delta_gives_the_normalised_aperture_kernel(self, device):
-        # scatter with a uniform coc: a delta far from the border spreads into the kernel
-        ap = APERTURES["image_star"]
-        n, c = 15, 7.0
-        image = torch.zeros(1, 1, n, n, device=device)
-        image[0, 0, n // 2, n // 2] = 1.0
-        out = lensblur.defocus(image, torch.full((1, 1, n, n), c, device=device), ap,
-                               method="scatter", backend="triton")[0, 0].cpu()
-        k = ap.kernel(c)
-        r = k.shape[0] // 2
-        torch.testing.assert_close(out[n // 2 - r:n // 2 + r + 1, n // 2 - r:n // 2 + r + 1], k,
-                                   atol=1e-6, rtol=1e-5)
-
-    def test_inputs_not_modified(self, device):
-        image, coc = make_case((1, 3, 7, 9), "large")
-        image, coc = image.to(device), coc.to(device)
-        i0, c0 = image.clone(), coc.clone()
-        for method in METHODS:
-            lensblur.defocus(image, coc, method=method, backend="triton")
-        assert torch.equal(image, i0) and torch.equal(coc, c0)
-
-    def test_non_contiguous_input(self, device):
-        image, coc = make_case((1, 3, 9, 8), "large", seed=5)
-        image, coc = image.to(device), coc.to(device)
-        nc = image.transpose(2, 3).contiguous().transpose(2, 3)
-        assert not nc.is_contiguous()
-        for method in METHODS:
-            a = lensblur.defocus(nc, coc, method=method, backend="triton")
-            b = lensblur.defocus(image, coc, method=method, backend="triton")
-            torch.testing.assert_close(a, b, atol=0, rtol=0)
-
-    def test_image_table_updated_in_place_is_not_served_stale(self, device):
-        ap = lensblur.Aperture.from_image(torch.ones(5, 5))
-        image, coc = make_case((1, 1, 7, 8), "large", seed=8)
-        image, coc = image.to(device), (0.6 * coc).to(device)
-        before = lensblur.defocus(image, coc, ap, backend="triton")
-        with torch.no_grad():
-            ap.table[0, :] = 0.0                    # as an optimiser step would
-        after = lensblur.defocus(image, coc, ap, backend="triton")
-        expected = lensblur.defocus(image, coc, ap, backend="torch")
-        assert not torch.allclose(before, after)
-        torch.testing.assert_close(after, expected, atol=2e-6, rtol=2e-6)
-
-    @pytest.mark.parametrize("method", METHODS)
-    def test_deterministic(self, method, device):
-        """No atomics anywhere (scatter is computed as scatter-as-gather, the gather's image
-        gradient as a gather over the neighbours): outputs and gradients are bitwise
-        reproducible, also with ``torch.use_deterministic_algorithms(True)``."""
-        image, coc = make_case((1, 3, 9, 10), "mixed", seed=2)
-        ap = APERTURES["rounded5_anamorphic_catseye"]
-        grad = torch.randn(1, 3, 9, 10, generator=torch.Generator().manual_seed(5))
-        prev = torch.are_deterministic_algorithms_enabled()
-        torch.use_deterministic_algorithms(True)
-        try:
-            first = run_triton(image, coc, ap, method, grad, device)
-            second = run_triton(image, coc, ap, method, grad, device)
-        finally:
-            torch.use_deterministic_algorithms(prev)
-        for a, b in zip(first, second):
-            assert torch.equal(a, b)
+# The backend-agnostic properties (constant image, delta, inputs untouched, non-contiguous,
+# stale table, determinism) are in test_backend_properties.py, shared with the other backends.
 
 
 class TestOperator:
@@ -245,6 +182,7 @@ class TestOperator:
         torch.library.opcheck(bwd, (grad, image, coc, table, params, method, out, den),
                               test_utils=("test_schema", "test_faketensor"))
 
+    @pytest.mark.slow  # 15-25 s under the Triton interpreter on CPU
     def test_torch_compile_fullgraph(self, device):
         """Both methods trace into one graph (no graph break) and give the eager result and
         gradients.  On CPU (interpreter) the graph runs with ``aot_eager`` (Inductor would
@@ -343,6 +281,7 @@ _COMPILE_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the parity tests compile the kernels for real")
+@pytest.mark.slow  # 15-25 s under the Triton interpreter on CPU
 def test_kernels_compile_for_sm90_without_a_gpu(tmp_path):
     """The interpreter does not run Triton's compiler, so a kernel could pass every CPU test and
     still fail to compile.  Compile the GPU code path ahead of time for an H100 (sm_90, PTX and

@@ -35,7 +35,11 @@ ApertureArg = Union[None, Aperture, Sequence[Optional[Aperture]]]
 class PhysicalBokeh:
     """The physical renderer with BokehNet's signature: ``(aif, defocus_map, aperture) -> image``.
 
-    Blurs the gamma-decoded ``aif`` with :func:`lensblur.defocus` (``coc = defocus_map``).
+    :func:`lensblur.render_coc` of ``aif`` with ``coc = defocus_map`` (gamma decoding, blur in
+    linear light, encoding back; ``aperture`` may be one per batch item).  Gamma: the library's
+    one formula, the odd power ``sign(x) |x|^gamma``; ``aif`` is a display-encoded photo, so it
+    is first clamped to ``>= 0`` (the BokehNet training data is clamped the same way), and on
+    non-negative values that formula is the plain power ``x ** gamma`` this class always used.
 
     Args:
         method: ``"gather"`` or ``"scatter"`` (see :func:`lensblur.defocus`).
@@ -63,15 +67,8 @@ class PhysicalBokeh:
         check_tensor4(aif, "aif")
         check_tensor4(defocus_map, "defocus_map", 1, nonnegative=True)
         check_pair(aif, defocus_map, "aif", "defocus_map")
-        lin = aif.clamp_min(0) ** self.gamma
-        if isinstance(aperture, (list, tuple)):
-            if len(aperture) != aif.shape[0]:
-                raise LensBlurError(f"`aperture` has {len(aperture)} entries for a batch of {aif.shape[0]}")
-            out = torch.cat([lensblur.defocus(lin[i:i + 1], defocus_map[i:i + 1], a, method=self.method,
-                                              backend=self.backend) for i, a in enumerate(aperture)])
-        else:
-            out = lensblur.defocus(lin, defocus_map, aperture, method=self.method, backend=self.backend)
-        return out.clamp_min(0) ** (1.0 / self.gamma)
+        return lensblur.render_coc(aif.clamp_min(0), defocus_map, aperture, self.method, self.gamma,
+                                   backend=self.backend)
 
 
 @dataclasses.dataclass

@@ -219,25 +219,12 @@ def render_condition(image: torch.Tensor, depth: torch.Tensor, condition: torch.
 
 def render_signed_coc(image: torch.Tensor, signed_coc: torch.Tensor,
                       config: Optional[SimulationConfig] = None) -> torch.Tensor:
-    """Render ``image`` with a given signed coc map the way :func:`lensblur.render` does.
-
-    ``"gather"``/``"scatter"``: :func:`lensblur.defocus` on ``|signed_coc|``; ``"layered"``:
-    :func:`lensblur.layered.render_layered`.  ``gamma`` is applied as in ``lensblur.render``.
-    For ``signed_coc = lens.coc_px(depth, W, signed=True)`` this equals ``lensblur.render``.
-    """
+    """Render ``image`` with a given signed coc map: :func:`lensblur.render_coc` with the
+    config's aperture, method, gamma and backend.  For
+    ``signed_coc = lens.coc_px(depth, W, signed=True)`` this equals ``lensblur.render``."""
     config = config or SimulationConfig()
-    g = config.gamma
-    linear = image if g == 1.0 else image.sign() * image.abs().clamp_min(1e-12).pow(g)
-    aperture = config.aperture or Aperture.disk()
-    if config.method == "layered":
-        out = lensblur.layered.render_layered(linear, signed_coc.to(linear.dtype), aperture,
-                                              backend=config.backend)
-    else:
-        out = lensblur.defocus(linear, signed_coc.abs().to(linear.dtype), aperture,
-                               method=config.method, backend=config.backend)
-    if g != 1.0:
-        out = out.sign() * out.abs().clamp_min(1e-12).pow(1.0 / g)
-    return out.to(image.dtype)
+    return lensblur.render_coc(image, signed_coc, config.aperture, config.method, config.gamma,
+                               backend=config.backend)
 
 
 def multi_focus_render(image: torch.Tensor, depth: torch.Tensor, conditions: torch.Tensor,

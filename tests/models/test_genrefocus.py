@@ -171,6 +171,7 @@ class TestData:
 
 
 # ---------------------------------------------------------------------------------- training
+@pytest.mark.slow  # model training
 class TestOverfit:
     """A tiny network fits a handful of fixed pairs: the deterministic loss drops at least 4x."""
 

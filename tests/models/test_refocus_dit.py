@@ -169,6 +169,7 @@ class TestStacking:
 
 
 @pytest.mark.parametrize("depth_dropout", [0.0, 1.0], ids=["with_depth", "without_depth"])
+@pytest.mark.slow  # model training
 def test_tiny_model_overfits_a_handful_of_pairs(depth_dropout):
     """Flow loss on fixed (t, noise) draws drops at least 3x in 200 steps on 2 scenes x 2 planes."""
     img, depth = scenes()
@@ -379,6 +380,7 @@ def test_flux_lora_adapter_and_vae_codec_from_local_checkpoints(tmp_path):
     assert trained.lora_rank == 2 and trained.source == (str(tmp_path / "flux"), "transformer")
 
 
+@pytest.mark.slow  # model training
 def test_ddp_two_cpu_processes(tmp_path):
     """torchrun, 2 processes, gloo: ranks see different data, weights stay in sync, model saved."""
     out = tmp_path / "run"
