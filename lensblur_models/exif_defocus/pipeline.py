@@ -212,7 +212,7 @@ class ExifDefocusPipeline(nn.Module):
         self.config = config
         self.generator = generator
         self.depth_model = depth_model
-        self.fdt = fdt if fdt is not None else FocusDistanceTransformer(config.fdt)
+        self.fdt = fdt if fdt is not None else FocusDistanceTransformer.from_config(config.fdt)
         # holds the renderer configuration; the per-sample sensor width goes through ThinLens
         self.lens_blur = LensBlur(aperture=aperture, method=config.blur_method, gamma=config.gamma,
                                   backend=config.backend)

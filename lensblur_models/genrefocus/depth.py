@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from lensblur import LensBlurError
 
-from ._checks import check_tensor4
+from ..common.checks import check_tensor4
 
 __all__ = ["HFDepthEstimator"]
 

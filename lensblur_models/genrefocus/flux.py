@@ -33,7 +33,7 @@ from torch import nn
 
 from lensblur import LensBlurError
 
-from ._checks import check_int, check_pair, check_tensor4
+from ..common.checks import check_int, check_pair, check_tensor4
 from .models import _time, bridge_matching_loss, bridge_sample
 from .tokens import aperture_tokens
 

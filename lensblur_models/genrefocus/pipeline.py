@@ -25,7 +25,7 @@ import lensblur
 from lensblur import Aperture, LensBlurError
 
 from ..defocus_map import defocus_map, focus_disparity_at
-from ._checks import check_pair, check_tensor4
+from ..common.checks import check_pair, check_tensor4
 
 __all__ = ["PhysicalBokeh", "refocus", "RefocusOutput", "RefocusPipeline"]
 

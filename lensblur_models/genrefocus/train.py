@@ -8,7 +8,7 @@ import torch
 
 from lensblur import LensBlurError
 
-from ._checks import check_int
+from ..common.checks import check_int
 from .data import RefocusData
 from .models import BokehNet, DeblurNet, bridge_loss
 

@@ -7,7 +7,7 @@ none) and ``(x, y, b)``, then decodes the latent.
 Example:
     >>> import torch
     >>> from lensblur_models.refocus_dit import RefocusDiT, RefocusDiTConfig
-    >>> model = RefocusDiT(RefocusDiTConfig.tiny())
+    >>> model = RefocusDiT.from_config(RefocusDiTConfig.tiny())
     >>> img = torch.rand(1, 3, 16, 16)
     >>> out = refocus(model, img, focus_xy=(0.25, 0.5), bokeh_level=0.8, steps=2,
     ...               generator=torch.Generator().manual_seed(0))

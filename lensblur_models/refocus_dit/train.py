@@ -162,10 +162,10 @@ def _train(args, rank: int, world: int, device: torch.device, distributed: bool)
         model = FluxRefocusAdapter.from_pretrained(args.flux, subfolder=args.flux_subfolder or None,
                                                    lora_rank=args.lora_rank).to(device)
     else:
-        config = _MODELS[args.model](latent_channels=codec.channels)
+        config = _MODELS[args.model](in_channels=codec.channels)
         if args.patch:
             config.patch_size = args.patch
-        model = RefocusDiT(config).to(device)
+        model = RefocusDiT.from_config(config).to(device)
     ddp_model = model
     if distributed:
         ddp_model = torch.nn.parallel.DistributedDataParallel(

@@ -40,7 +40,7 @@ def random_head(fdt, seed=0):
 class TestFocusDistanceTransformer:
     def test_shapes_and_focus_inside_depth_range(self):
         torch.manual_seed(0)
-        fdt = random_head(FocusDistanceTransformer(FocusDistanceConfig.tiny()))
+        fdt = random_head(FocusDistanceTransformer.from_config(FocusDistanceConfig.tiny()))
         img = torch.rand(2, 3, 16, 24)
         depth = torch.rand(2, 1, 16, 24) * 5 + 0.5
         pred = fdt(img, depth, EXIF)
@@ -56,7 +56,7 @@ class TestFocusDistanceTransformer:
     def test_scale_equivariance_of_relative_depth(self):
         # the depth input is normalised per image: scaling the depth scales the focus alike
         torch.manual_seed(1)
-        fdt = random_head(FocusDistanceTransformer(FocusDistanceConfig.tiny()), seed=3)
+        fdt = random_head(FocusDistanceTransformer.from_config(FocusDistanceConfig.tiny()), seed=3)
         img, depth = torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8) + 0.2
         a = fdt(img, depth, EXIF)
         b = fdt(img, depth * 7.0, EXIF)
@@ -65,7 +65,7 @@ class TestFocusDistanceTransformer:
 
     def test_exif_conditions_the_prediction(self):
         torch.manual_seed(2)
-        fdt = random_head(FocusDistanceTransformer(FocusDistanceConfig.tiny()), seed=4)
+        fdt = random_head(FocusDistanceTransformer.from_config(FocusDistanceConfig.tiny()), seed=4)
         for p in fdt.blocks.parameters():  # leave adaLN-zero init so the EXIF reaches the output
             nn.init.normal_(p, std=0.2)
         img, depth = torch.rand(1, 3, 8, 8).expand(2, -1, -1, -1), torch.rand(1, 1, 8, 8).expand(2, -1, -1, -1) + 1
@@ -73,7 +73,7 @@ class TestFocusDistanceTransformer:
         assert (pred.focus_position[0] - pred.focus_position[1]).abs() > 1e-4
 
     def test_zero_init_head_is_geometric_middle(self):
-        fdt = FocusDistanceTransformer(FocusDistanceConfig.tiny())
+        fdt = FocusDistanceTransformer.from_config(FocusDistanceConfig.tiny())
         depth = torch.full((1, 1, 8, 8), 2.0)
         depth[..., 0, 0] = 8.0
         pred = fdt(torch.rand(1, 3, 8, 8), depth, EXIF[:1])
@@ -81,7 +81,7 @@ class TestFocusDistanceTransformer:
         assert pred.depth_scale.item() == pytest.approx(1.0)
 
     def test_bad_input(self):
-        fdt = FocusDistanceTransformer(FocusDistanceConfig.tiny())
+        fdt = FocusDistanceTransformer.from_config(FocusDistanceConfig.tiny())
         img, depth = torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8) + 1
         with pytest.raises(ValueError, match="multiple of the patch"):
             fdt(torch.rand(2, 3, 10, 8), torch.rand(2, 1, 10, 8) + 1, EXIF)
@@ -97,22 +97,22 @@ class TestFocusDistanceTransformer:
             fdt(img, depth, torch.tensor([[50.0, -1.0, 36.0]] * 2))
         with pytest.raises(TypeError, match="image"):
             fdt(img.numpy(), depth, EXIF)
-        with pytest.raises(TypeError, match="config"):
-            FocusDistanceTransformer({"dim": 8})
+        with pytest.raises(TypeError, match="patch_size"):
+            FocusDistanceTransformer(patch_size=4.0)
 
     def test_configs_grow(self):
-        n = [sum(p.numel() for p in FocusDistanceTransformer(c).parameters())
+        n = [sum(p.numel() for p in FocusDistanceTransformer.from_config(c).parameters())
              for c in (FocusDistanceConfig.tiny(), FocusDistanceConfig.small())]
         assert n[0] < 60_000 and 30e6 < n[1] < 36e6  # ViT-S layout + adaLN modulation
         base = FocusDistanceConfig.base()
-        assert (base.dim, base.depth, base.heads, base.patch) == (768, 12, 12, 16)
+        assert (base.dim, base.depth, base.heads, base.patch_size) == (768, 12, 12, 16)
 
     def test_save_load_round_trip(self, tmp_path):
         torch.manual_seed(0)
-        fdt = random_head(FocusDistanceTransformer(FocusDistanceConfig.tiny(patch=2, dim=16)))
+        fdt = random_head(FocusDistanceTransformer.from_config(FocusDistanceConfig.tiny(patch_size=2, dim=16)))
         fdt.save_pretrained(tmp_path / "fdt")
         back = FocusDistanceTransformer.from_pretrained(tmp_path / "fdt")
-        assert back.config == fdt.config
+        assert back.architecture() == fdt.architecture()
         img, depth = torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8) + 1
         assert torch.equal(back(img, depth, EXIF).focus_distance_m, fdt(img, depth, EXIF).focus_distance_m)
 
@@ -157,7 +157,7 @@ class TestFocusDistanceTransformer:
             ls = nn.Module()
             ls.gamma = nn.Parameter(torch.rand(dim) + 0.1)
             setattr(vit.blocks[1], name, ls)
-        fdt = FocusDistanceTransformer(FocusDistanceConfig.tiny(dim=dim, heads=heads, depth=2, mlp_ratio=2.0))
+        fdt = FocusDistanceTransformer.from_config(FocusDistanceConfig.tiny(dim=dim, heads=heads, depth=2, mlp_ratio=2.0))
         load_vit_weights(fdt, vit)
         x, cond = torch.randn(2, 5, dim), torch.randn(2, dim)
         ours = x
@@ -171,7 +171,7 @@ class TestFocusDistanceTransformer:
     def test_from_timm(self):
         pytest.importorskip("timm")
         fdt = FocusDistanceTransformer.from_timm("vit_tiny_patch16_224", pretrained=False)
-        assert fdt.config.dim == 192 and fdt.config.patch == 16
+        assert fdt.config.dim == 192 and fdt.config.patch_size == 16
 
 
 # ----------------------------------------------------------------------------------- pipeline
@@ -422,5 +422,5 @@ def test_example_command_runs(tiny_checkpoints, tmp_path, capsys):
     assert math.isfinite(learned) and baseline > 0
     log = capsys.readouterr().out
     assert "Blur Monotonicity" in log and "reload reproduces the FDT: True" in log
-    assert (tmp_path / "pipeline" / "fdt" / "model.safetensors").is_file()
+    assert (tmp_path / "pipeline" / "fdt" / "diffusion_pytorch_model.safetensors").is_file()
     assert (tmp_path / "pipeline" / "generator" / "model_index.json").is_file()

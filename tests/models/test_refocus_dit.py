@@ -155,7 +155,7 @@ class TestStacking:
     def test_gradient_reaches_model(self):
         img, depth = scenes()
         batch = simulate_batch(img, depth, self.cfg, torch.Generator().manual_seed(2))
-        model = RefocusDiT(RefocusDiTConfig(patch_size=4, dim=32, depth=1, heads=2))
+        model = RefocusDiT.from_config(RefocusDiTConfig(patch_size=4, dim=32, depth=1, heads=2))
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         tc = TrainConfig(flow_weight=0.0, stack_weight=1.0, depth_dropout=0.0)
         for _ in range(3):  # adaLN-zero: at init only the head gets gradient; the rest follows
@@ -175,7 +175,7 @@ def test_tiny_model_overfits_a_handful_of_pairs(depth_dropout):
     batch = simulate_batch(img ** (1 / 2.2), depth, SimulationConfig(max_strength=0.5, gamma=2.2),
                            torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    model = RefocusDiT(RefocusDiTConfig(patch_size=4, dim=64, depth=2, heads=4))
+    model = RefocusDiT.from_config(RefocusDiTConfig(patch_size=4, dim=64, depth=2, heads=4))
     codec = IdentityCodec(3, shift=0.5, scale=2.0)
     tc = TrainConfig(stack_weight=0.5, depth_dropout=depth_dropout)
 
@@ -199,7 +199,7 @@ def test_tiny_model_overfits_a_handful_of_pairs(depth_dropout):
 class TestSampler:
     def model(self):
         torch.manual_seed(0)
-        return randomize(RefocusDiT(RefocusDiTConfig(patch_size=4, dim=32, depth=1, heads=2))).eval()
+        return randomize(RefocusDiT.from_config(RefocusDiTConfig(patch_size=4, dim=32, depth=1, heads=2))).eval()
 
     def test_shape_dtype_determinism_and_conditioning(self):
         model = self.model()
@@ -234,7 +234,7 @@ class TestSampler:
 
 def test_depth_dropout_removes_depth_information():
     torch.manual_seed(0)
-    model = randomize(RefocusDiT(RefocusDiTConfig(patch_size=4, dim=32, depth=1, heads=2)))
+    model = randomize(RefocusDiT.from_config(RefocusDiTConfig(patch_size=4, dim=32, depth=1, heads=2)))
     x = torch.randn(2, 3, 8, 8)
     d1, d2 = torch.rand(2, 1, 8, 8) + 1, torch.rand(2, 1, 8, 8) + 1
     args = (x, torch.rand(2), x, torch.rand(2, 3))
@@ -305,10 +305,10 @@ def test_identity_codec():
 
 
 def test_save_load_round_trip(tmp_path):
-    model = randomize(RefocusDiT(RefocusDiTConfig(patch_size=4, dim=32, depth=2, heads=2, mlp_ratio=2.0)))
+    model = randomize(RefocusDiT.from_config(RefocusDiTConfig(patch_size=4, dim=32, depth=2, heads=2, mlp_ratio=2.0)))
     model.save_pretrained(tmp_path / "m")
     back = RefocusDiT.from_pretrained(tmp_path / "m")
-    assert back.config == model.config
+    assert back.architecture() == model.architecture()
     x, d = torch.randn(2, 3, 8, 8), torch.rand(2, 1, 8, 8) + 1
     args = (x, torch.rand(2), x, torch.rand(2, 3), d)
     assert torch.equal(back(*args), model(*args))
