@@ -42,9 +42,9 @@ def run(argv=None) -> None:
     codec = (AutoencoderKLCodec.from_pretrained(args.vae, subfolder=args.vae_subfolder or None)
              if args.vae else IdentityCodec(3, shift=0.5, scale=2.0))
     if args.flux:  # LoRA + conditioning on a local FLUX checkpoint
-        from lensblur_models.refocus_dit.flux import FluxRefocusAdapter
+        from lensblur_models.refocus_dit.flux import FluxRefocusDiT
 
-        pipe = RefocusDiTPipeline(FluxRefocusAdapter.load_adapter(out / "adapter").eval(), codec)
+        pipe = RefocusDiTPipeline(FluxRefocusDiT.load_adapter(out / "adapter").eval(), codec)
     else:
         pipe = RefocusDiTPipeline.from_pretrained(out / "model", codec=codec)
     image, depth = load_scenes([999], args.size, args.data)  # sRGB-encoded all-in-focus

@@ -9,7 +9,8 @@
 * :mod:`.evaluate` — PSNR and LPIPS (or the documented SSIM fallback) on a held-out set.
 * :mod:`.depth` — :class:`HFDepthEstimator`, a local ``transformers`` depth model as the
   pipeline's depth estimator.
-* :mod:`.flux` — adapter onto a local diffusers FLUX transformer with LoRA (imported lazily).
+* :mod:`.flux` — :class:`FluxBridgeAdapter`, the networks on a local diffusers FLUX transformer with
+  LoRA (on :class:`~lensblur_models.common.flux.FluxAdapterBase`; imported lazily).
 """
 
 from .data import DEFAULT_RENDER_METHOD, RefocusData, random_aperture, random_lens, random_scene
@@ -25,12 +26,12 @@ __all__ = [
     "PhysicalBokeh",
     "RefocusData", "RefocusOutput", "RefocusPipeline", "aperture_canvas", "aperture_tokens", "eval_loss",
     "evaluate_refocus", "image_metrics", "make_refocus_set", "perceptual_metric", "psnr", "random_aperture",
-    "random_lens", "random_scene", "refocus", "train", "FluxRefocusAdapter",
+    "random_lens", "random_scene", "refocus", "train", "FluxBridgeAdapter",
 ]
 
 
 def __getattr__(name):  # the FLUX adapter imports diffusers/peft: only on demand
-    if name == "FluxRefocusAdapter":
-        from .flux import FluxRefocusAdapter
-        return FluxRefocusAdapter
+    if name == "FluxBridgeAdapter":
+        from .flux import FluxBridgeAdapter
+        return FluxBridgeAdapter
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

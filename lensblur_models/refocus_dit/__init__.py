@@ -28,5 +28,12 @@ __all__ = [
     "DEFAULT_RENDER_METHOD", "RefocusBatch", "SimulationConfig", "focus_depth_at",
     "lens_for_condition", "multi_focus_render", "render_condition", "render_signed_coc",
     "sample_conditions", "simulate_batch",
-    "TrainConfig", "flow_matching_inputs", "stacking_loss", "training_step",
+    "TrainConfig", "flow_matching_inputs", "stacking_loss", "training_step", "FluxRefocusDiT",
 ]
+
+
+def __getattr__(name):  # the FLUX adapter imports peft: only on demand
+    if name == "FluxRefocusDiT":
+        from .flux import FluxRefocusDiT
+        return FluxRefocusDiT
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -52,7 +52,7 @@ def refocus(model, image: torch.Tensor, depth: Optional[torch.Tensor] = None,
     """Refocus ``image`` at ``focus_xy`` with bokeh level ``bokeh_level``.
 
     Args:
-        model: a velocity model (:class:`~.model.RefocusDiT`, :class:`~lensblur_models.refocus_dit.flux.FluxRefocusAdapter`).
+        model: a velocity model (:class:`~.model.RefocusDiT`, :class:`~lensblur_models.refocus_dit.flux.FluxRefocusDiT`).
         image: ``(B, C, H, W)`` the image to refocus (the reference).
         depth: optional ``(B, 1, H, W)`` positive depth (any monotone scale); ``None`` uses the
             model's no-depth mode (trained by depth dropout).

@@ -18,13 +18,13 @@ rank 0's weights).  Images are clipped to ``[0, 1]``, sRGB-encoded and rendered 
 ``gamma=2.2`` (blur happens in linear light); the pixel-space codec maps them to ``[-1, 1]``.
 
 A real checkpoint: ``--flux DIR`` trains LoRA adapters and the new conditioning modules of
-:class:`~lensblur_models.refocus_dit.flux.FluxRefocusAdapter` on the FLUX transformer in ``DIR/transformer`` and ``--vae DIR``
+:class:`~lensblur_models.refocus_dit.flux.FluxRefocusDiT` on the FLUX transformer in ``DIR/transformer`` and ``--vae DIR``
 moves the training into the latent space of ``DIR/vae`` (use ``--size 512`` or more, and GPUs)::
 
     torchrun --nproc_per_node 8 -m lensblur_models.refocus_dit.train --flux /models/FLUX.1-dev --vae /models/FLUX.1-dev --size 512 --batch 1 --lr 1e-4 --out runs/flux_refocus
 
 Outputs in ``--out``: ``model/`` (``RefocusDiT.save_pretrained``) or ``adapter/``
-(``FluxRefocusAdapter.save_pretrained``), ``log.jsonl`` (rank 0's
+(``FluxRefocusDiT.save_adapter``), ``log.jsonl`` (rank 0's
 losses averaged over ranks) and ``rank{r}.json`` (per-rank summary: its scene shard, the digest
 of its first batch and a checksum of its final weights).
 """
@@ -157,9 +157,9 @@ def _train(args, rank: int, world: int, device: torch.device, distributed: bool)
     else:
         codec = IdentityCodec(3, shift=0.5, scale=2.0)
     if args.flux:
-        from .flux import FluxRefocusAdapter
+        from .flux import FluxRefocusDiT
 
-        model = FluxRefocusAdapter.from_pretrained(args.flux, subfolder=args.flux_subfolder or None,
+        model = FluxRefocusDiT.from_pretrained(args.flux, subfolder=args.flux_subfolder or None,
                                                    lora_rank=args.lora_rank).to(device)
     else:
         config = _MODELS[args.model](in_channels=codec.channels)
@@ -206,7 +206,7 @@ def _train(args, rank: int, world: int, device: torch.device, distributed: bool)
                 print(json.dumps(rec), flush=True)
     if log is not None:
         log.close()
-        model.save_pretrained(out / ("adapter" if args.flux else "model"))
+        (model.save_adapter(out / "adapter") if args.flux else model.save_pretrained(out / "model"))
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     summary = {"rank": rank, "world_size": world, "scenes": shard, "first_batch_digest": first_digest,
                "param_checksum": checksum, "final": metrics}

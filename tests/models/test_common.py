@@ -122,3 +122,60 @@ def test_bf16_autocast_on_cpu(cls):
     assert torch.isfinite(low) and abs(float(low.detach()) - float(ref.detach())) <= 0.05 * abs(float(ref.detach())) + 1e-3
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32
                for p in net.parameters() if p.grad is not None)
+
+
+# ------------------------------------------------------------------------------ FLUX adapter base
+@pytest.fixture(scope="module")
+def flux_dir(tmp_path_factory):
+    diffusers = pytest.importorskip("diffusers")
+    pytest.importorskip("peft")
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("flux") / "transformer"
+    diffusers.FluxTransformer2DModel(
+        in_channels=12, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6)).save_pretrained(path)
+    return path
+
+
+def _adapter_loss(ad):
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 3, 8, 8, generator=g)
+    if type(ad).__name__ == "FluxRefocusDiT":
+        return ad(x, torch.full((2,), 0.4), x, torch.rand(2, 3, generator=g), x[:, :1] + 1).square().mean()
+    return ad.loss(x, x[:, :1] * 3, target=x.flip(-1), aperture=Aperture.polygon(5), t=0.5)
+
+
+@pytest.mark.parametrize("family", ["refocus_dit", "genrefocus"])
+def test_flux_adapter_base(family, flux_dir, tmp_path):
+    """Both families share one base: frozen bf16 transformer, fp32 LoRA + conditioning, one format."""
+    from lensblur_models.common.flux import ADAPTER_CONFIG, FluxAdapterBase
+    from lensblur_models.genrefocus import FluxBridgeAdapter
+    from lensblur_models.refocus_dit import FluxRefocusDiT
+
+    cls, other = (FluxRefocusDiT, FluxBridgeAdapter) if family == "refocus_dit" else (FluxBridgeAdapter, FluxRefocusDiT)
+    assert issubclass(cls, FluxAdapterBase)
+    ad = cls.from_pretrained(flux_dir, lora_rank=4, torch_dtype=torch.bfloat16)
+    trainable = {n for n, p in ad.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable)
+    assert all("lora_" in n or not n.startswith("transformer.") for n in trainable)
+    assert all(p.dtype == torch.float32 for n, p in ad.named_parameters() if n in trainable)
+    assert all(p.dtype == torch.bfloat16 for n, p in ad.named_parameters() if n not in trainable)
+    frozen = {n: p.detach().clone() for n, p in ad.named_parameters() if n not in trainable}
+    opt = torch.optim.SGD([p for p in ad.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(2):
+        opt.zero_grad()
+        _adapter_loss(ad).backward()
+        opt.step()
+    assert all(p.grad is None for n, p in ad.named_parameters() if n not in trainable)
+    assert all(torch.equal(p, frozen[n]) for n, p in ad.named_parameters() if n not in trainable)
+    assert any(float(p.detach().abs().sum()) > 0 for n, p in ad.named_parameters() if "lora_B" in n)
+
+    ad.save_adapter(tmp_path / "ad")
+    saved = __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(tmp_path / "ad" / "adapter.safetensors"))
+    assert len(saved) == len(trainable)  # only the adapter weights are written
+    back = cls.load_adapter(tmp_path / "ad", torch_dtype=torch.bfloat16)
+    with torch.no_grad():
+        torch.testing.assert_close(_adapter_loss(back), _adapter_loss(ad))
+    assert '"class": "%s"' % cls.__name__ in (tmp_path / "ad" / ADAPTER_CONFIG).read_text()
+    with pytest.raises(ValueError, match=f"holds a {cls.__name__}"):
+        other.load_adapter(tmp_path / "ad")

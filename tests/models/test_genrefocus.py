@@ -293,10 +293,10 @@ def base_dir(tmp_path_factory):
 
 class TestFluxAdapter:
     def test_lora_bokeh_train_save_load(self, base_dir, tmp_path):
-        from lensblur_models.genrefocus import FluxRefocusAdapter
+        from lensblur_models.genrefocus import FluxBridgeAdapter
 
         torch.manual_seed(0)
-        ad = FluxRefocusAdapter.from_pretrained(base_dir, "bokeh", lora_rank=4)
+        ad = FluxBridgeAdapter.from_pretrained(base_dir, task="bokeh", lora_rank=4)
         trainable = [n for n, p in ad.named_parameters() if p.requires_grad]
         assert any("lora_" in n for n in trainable)
         assert all(("lora_" in n) or not n.startswith("transformer.") for n in trainable)
@@ -315,25 +315,25 @@ class TestFluxAdapter:
             last = float(ad.loss(aif, dmap, target=target, aperture=Aperture.polygon(6), t=0.5))
         assert last < 0.7 * first
         ad.save_adapter(tmp_path / "adapter")
-        back = FluxRefocusAdapter.from_pretrained(base_dir, adapter_path=tmp_path / "adapter")
-        fresh = FluxRefocusAdapter.from_pretrained(base_dir, "bokeh", lora_rank=4)
+        back = FluxBridgeAdapter.from_pretrained(base_dir, adapter_path=tmp_path / "adapter")
+        fresh = FluxBridgeAdapter.from_pretrained(base_dir, task="bokeh", lora_rank=4)
         with torch.no_grad():
             ref = ad(aif, dmap, Aperture.polygon(6))
             torch.testing.assert_close(back(aif, dmap, Aperture.polygon(6)), ref)
             assert (fresh(aif, dmap, Aperture.polygon(6)) - ref).abs().max() > 1e-4
 
     def test_deblur_task_and_errors(self, base_dir, tmp_path):
-        from lensblur_models.genrefocus import FluxRefocusAdapter
+        from lensblur_models.genrefocus import FluxBridgeAdapter
 
-        ad = FluxRefocusAdapter.from_pretrained(base_dir, "deblur", lora_rank=2)
+        ad = FluxBridgeAdapter.from_pretrained(base_dir, task="deblur", lora_rank=2)
         img = torch.rand(1, 3, 6, 10)
         assert ad(img).shape == img.shape
         with pytest.raises(ValueError, match="even"):
             ad(torch.rand(1, 3, 7, 10))
         with pytest.raises(ValueError, match="path"):
-            FluxRefocusAdapter.from_pretrained(tmp_path / "missing")
+            FluxBridgeAdapter.from_pretrained(tmp_path / "missing")
         with pytest.raises(ValueError, match="task"):
-            FluxRefocusAdapter.from_pretrained(base_dir, "denoise")
+            FluxBridgeAdapter.from_pretrained(base_dir, task="denoise")
 
 
 # ---------------------------------------------------------------------------------- depth estimator

@@ -322,7 +322,7 @@ def test_flux_lora_adapter_and_vae_codec_from_local_checkpoints(tmp_path):
     diffusers = pytest.importorskip("diffusers")
     pytest.importorskip("peft")
     from lensblur_models.refocus_dit import AutoencoderKLCodec
-    from lensblur_models.refocus_dit.flux import FluxRefocusAdapter
+    from lensblur_models.refocus_dit.flux import FluxRefocusDiT
 
     torch.manual_seed(0)
     diffusers.FluxTransformer2DModel(
@@ -335,7 +335,7 @@ def test_flux_lora_adapter_and_vae_codec_from_local_checkpoints(tmp_path):
         norm_num_groups=4, sample_size=16,
     ).save_pretrained(tmp_path / "flux" / "vae")
 
-    model = FluxRefocusAdapter.from_pretrained(tmp_path / "flux", subfolder="transformer", lora_rank=4)
+    model = FluxRefocusDiT.from_pretrained(tmp_path / "flux", subfolder="transformer", lora_rank=4)
     codec = AutoencoderKLCodec.from_pretrained(tmp_path / "flux", subfolder="vae")
     assert codec.channels == 3 and codec.downsample == 2
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -362,20 +362,20 @@ def test_flux_lora_adapter_and_vae_codec_from_local_checkpoints(tmp_path):
     assert (out - refocus(model, img, depth, (0.3, 0.6), 0.1, codec=codec, steps=2,
                           generator=torch.Generator().manual_seed(0))).abs().max() > 1e-6
 
-    model.save_pretrained(tmp_path / "adapter")
-    back = FluxRefocusAdapter.load_adapter(tmp_path / "adapter")
+    model.save_adapter(tmp_path / "adapter")
+    back = FluxRefocusDiT.load_adapter(tmp_path / "adapter")
     z = codec.encode(img)
     args = (z, torch.full((2,), 0.5), z, torch.rand(2, 3), depth)
     assert torch.equal(back(*args), model(*args))
     with pytest.raises(LensBlurError, match="path"):
-        FluxRefocusAdapter.from_pretrained(tmp_path / "missing")
+        FluxRefocusDiT.from_pretrained(tmp_path / "missing")
 
     # the training command on the same local checkpoint: LoRA in the VAE latent space
     from lensblur_models.refocus_dit.train import main
     summary = main(["--out", str(tmp_path / "run"), "--flux", str(tmp_path / "flux"), "--vae",
                     str(tmp_path / "flux"), "--lora-rank", "2", "--steps", "1", "--scenes", "1", "--batch", "1"])
     assert summary["final"]["loss"] > 0
-    trained = FluxRefocusAdapter.load_adapter(tmp_path / "run" / "adapter")
+    trained = FluxRefocusDiT.load_adapter(tmp_path / "run" / "adapter")
     assert trained.lora_rank == 2 and trained.source == (str(tmp_path / "flux"), "transformer")
 
 
