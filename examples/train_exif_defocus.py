@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 
 import lensblur
-from lensblur_models import blur_monotonicity
+from lensblur_models import DepthEstimator, blur_monotonicity
 from lensblur_models.exif_defocus import (DEFAULT_BLUR_METHOD, DiffusersGenerator, ExifDefocusConfig,
-                                          ExifDefocusPipeline, TransformersDepth, log_focus_error,
+                                          ExifDefocusPipeline, log_focus_error,
                                           make_focus_dataset, make_tiny_diffusers_generator)
 
 SWEEP = (1.8, 2.8, 4.0, 5.6, 8.0, 11.0, 16.0, 22.0)
@@ -83,6 +83,8 @@ def main(argv=None):
     ap.add_argument("--generator", default=None, help="local diffusers pipeline directory (default: tiny random)")
     ap.add_argument("--depth-model", default=None, help="local transformers depth model directory "
                     "(default: the synthetic scene's exact depth)")
+    ap.add_argument("--depth-output", default="relative", choices=("relative", "metric"),
+                    help="what --depth-model returns: relative depth (the FDT learns the scale) or metres")
     ap.add_argument("--blur-method", default=DEFAULT_BLUR_METHOD, choices=("layered", "gather", "scatter"),
                     help="renderer of the pipeline (the training photos are always rendered 'layered')")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny ops: 1 is fastest)")
@@ -100,7 +102,8 @@ def main(argv=None):
     sweep_set = make_focus_dataset(8, 3 * args.size, seed=args.seed + 2, scene_size=9 * args.size)
     gen_path = args.generator or make_tiny_diffusers_generator(out_dir / "checkpoints" / "generator", size=args.size)
     generator = DiffusersGenerator.from_pretrained(gen_path, num_inference_steps=4)
-    depth_model = TransformersDepth.from_pretrained(args.depth_model) if args.depth_model else None
+    depth_model = (DepthEstimator.from_pretrained(args.depth_model, output=args.depth_output)
+                   if args.depth_model else None)
     pipe = ExifDefocusPipeline(ExifDefocusConfig.tiny(blur_method=args.blur_method), generator=generator,
                                depth_model=depth_model)
     keys = ("aif", "exif", "target") + (() if depth_model else ("depth",))

@@ -13,7 +13,8 @@
 
 from .checks import check_int, check_pair, check_tensor4, check_transformer_args
 from .config import ModelConfig
+from .depth import DepthEstimator
 from .modeling import LensBlurModel
 
-__all__ = ["ModelConfig", "LensBlurModel", "check_int", "check_pair", "check_tensor4",
+__all__ = ["ModelConfig", "LensBlurModel", "DepthEstimator", "check_int", "check_pair", "check_tensor4",
            "check_transformer_args"]

@@ -181,7 +181,8 @@ class ExifDefocusPipeline(nn.Module):
             :class:`~lensblur_models.exif_defocus.DiffusersGenerator`; ``None``: AIF images are
             passed in (refocusing real all-in-focus images).
         depth_model: optional module ``(B, 3, H, W) -> (B, 1, H, W)`` positive depth, e.g.
-            :class:`~lensblur_models.exif_defocus.TransformersDepth`; ``None``: depth is passed in.
+            :class:`~lensblur_models.common.DepthEstimator` (``output="relative"`` or ``"metric"``);
+            ``None``: depth is passed in.
         fdt: an existing FDT (default: a fresh one of ``config.fdt``).
         aperture: bokeh shape (``None`` = disk).
 
@@ -398,7 +399,10 @@ class ExifDefocusPipeline(nn.Module):
     @classmethod
     def from_pretrained(cls, path, aperture: Optional[lensblur.Aperture] = None) -> "ExifDefocusPipeline":
         """Load a pipeline written by :meth:`save_pretrained` (local files only)."""
-        from . import adapters
+        from ..common.depth import DepthEstimator
+        from .adapters import DiffusersGenerator
+
+        known = {"DiffusersGenerator": DiffusersGenerator, "DepthEstimator": DepthEstimator}
 
         path = Path(path)
         meta_file = path / "pipeline.json"
@@ -410,7 +414,7 @@ class ExifDefocusPipeline(nn.Module):
         fdt = FocusDistanceTransformer.from_pretrained(path / "fdt")
         modules = {}
         for name, cls_name in meta.get("parts", {}).items():
-            adapter = getattr(adapters, cls_name, None)
+            adapter = known.get(cls_name)
             if adapter is None:
                 raise LensBlurError(f"unknown {name} adapter {cls_name!r} in {meta_file}")
             modules[name] = adapter.from_pretrained(path / name)

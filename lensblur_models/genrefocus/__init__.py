@@ -7,14 +7,13 @@
 * :mod:`.data` — training batches rendered on the fly by :mod:`lensblur` with random apertures.
 * :mod:`.train` — a small AdamW loop.  :mod:`.pipeline` — :func:`refocus`.
 * :mod:`.evaluate` — PSNR and LPIPS (or the documented SSIM fallback) on a held-out set.
-* :mod:`.depth` — :class:`HFDepthEstimator`, a local ``transformers`` depth model as the
-  pipeline's depth estimator.
+* depth: the shared :class:`lensblur_models.common.DepthEstimator` with ``output="disparity"``
+  is the pipeline's depth estimator.
 * :mod:`.flux` — :class:`FluxBridgeAdapter`, the networks on a local diffusers FLUX transformer with
   LoRA (on :class:`~lensblur_models.common.flux.FluxAdapterBase`; imported lazily).
 """
 
 from .data import DEFAULT_RENDER_METHOD, RefocusData, random_aperture, random_lens, random_scene
-from .depth import HFDepthEstimator
 from .evaluate import evaluate_refocus, image_metrics, make_refocus_set, perceptual_metric, psnr
 from .models import BokehNet, BokehNetConfig, DeblurNet, DeblurNetConfig
 from .pipeline import PhysicalBokeh, RefocusOutput, RefocusPipeline, refocus
@@ -22,7 +21,7 @@ from .tokens import aperture_canvas, aperture_tokens
 from .train import eval_loss, train
 
 __all__ = [
-    "BokehNet", "BokehNetConfig", "DeblurNet", "DeblurNetConfig", "DEFAULT_RENDER_METHOD", "HFDepthEstimator",
+    "BokehNet", "BokehNetConfig", "DeblurNet", "DeblurNetConfig", "DEFAULT_RENDER_METHOD",
     "PhysicalBokeh",
     "RefocusData", "RefocusOutput", "RefocusPipeline", "aperture_canvas", "aperture_tokens", "eval_loss",
     "evaluate_refocus", "image_metrics", "make_refocus_set", "perceptual_metric", "psnr", "random_aperture",

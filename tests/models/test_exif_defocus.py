@@ -295,11 +295,12 @@ def tiny_checkpoints(tmp_path_factory):
 
 
 def hf_pipeline(tiny_checkpoints, **cfg):
-    from lensblur_models.exif_defocus import DiffusersGenerator, TransformersDepth
+    from lensblur_models.common import DepthEstimator
+    from lensblur_models.exif_defocus import DiffusersGenerator
 
     gen_path, depth_path = tiny_checkpoints
     generator = DiffusersGenerator.from_pretrained(gen_path, num_inference_steps=2)
-    depth = TransformersDepth.from_pretrained(depth_path, input_size=28)
+    depth = DepthEstimator.from_pretrained(depth_path, output="relative", input_size=28)
     config = ExifDefocusConfig.tiny(gamma=2.2, **cfg)
     return ExifDefocusPipeline(config, generator=generator, depth_model=depth)
 
@@ -378,31 +379,50 @@ class TestAdapters:
         x0.square().mean().backward()
         assert x0.shape == (2, 3, 8, 8)
         assert sum(float(p.grad.abs().sum()) for p in unet.parameters() if p.grad is not None) > 0
+        # by default only the UNet's LoRA adapters learn: no gradient reaches the VAE or the base UNet
+        assert all(p.grad is None and not p.requires_grad for p in vae.parameters())
+        lora = {n for n, _ in unet.named_parameters() if "lora_" in n}
+        assert lora and all(p.grad is None for n, p in unet.named_parameters() if n not in lora)
+        assert {n for n, p in gen.named_parameters() if p.requires_grad} == {f"unet.{n}" for n in lora}
+        full = DiffusersGenerator(types.SimpleNamespace(unet=UNet2DConditionModel(
+            sample_size=4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+            down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, norm_num_groups=4),
+            vae=vae, scheduler=DDIMScheduler(num_train_timesteps=50)), lora_rank=0)
+        assert all(p.requires_grad for p in full.unet.parameters())  # lora_rank=0: an explicit full fine-tune
+        assert not any(p.requires_grad for p in full.vae.parameters())
         with pytest.raises(ValueError, match="text encoder"):
             gen.sample(1, cond="a prompt")
         with pytest.raises(ValueError, match="noise_level"):
             gen.denoise(torch.rand(1, 3, 8, 8), 1.5)
 
     def test_metric_depth_model(self, tiny_checkpoints, tmp_path):
-        from lensblur_models.exif_defocus import TransformersDepth, make_tiny_depth_model
+        from lensblur_models.common import DepthEstimator
+        from lensblur_models.exif_defocus import make_tiny_depth_model
 
-        depth_net = TransformersDepth.from_pretrained(make_tiny_depth_model(tmp_path / "m", metric_max_depth_m=20))
-        assert depth_net.kind == "metric"
+        depth_net = DepthEstimator.from_pretrained(make_tiny_depth_model(tmp_path / "m", metric_max_depth_m=20),
+                                                   output="metric")
+        assert depth_net.prediction == "metric"
         image = torch.rand(1, 3, 14, 28, requires_grad=True)
         depth = depth_net(image)
         assert depth.shape == (1, 1, 14, 28) and bool((depth > 0).all()) and bool((depth <= 20.0).all())
         depth.sum().backward()
         assert image.grad is not None and torch.isfinite(image.grad).all()
-        with pytest.raises(ValueError, match="kind"):
-            TransformersDepth(depth_net.model, kind="inverse")
+        with pytest.raises(ValueError, match="output"):
+            DepthEstimator(depth_net.model, output="inverse")
+        # the same metric network as relative depth and disparity: 1 at the nearest point
+        rel = DepthEstimator(depth_net.model, output="relative")(image.detach())
+        disp = DepthEstimator(depth_net.model, output="disparity")(image.detach())
+        torch.testing.assert_close(rel, 1 / disp)
+        torch.testing.assert_close(rel, (depth / depth.amin()).detach().clamp(max=100.0), rtol=1e-4, atol=1e-4)
 
     def test_local_paths_only(self, tmp_path):
-        from lensblur_models.exif_defocus import DiffusersGenerator, TransformersDepth
+        from lensblur_models.common import DepthEstimator
+        from lensblur_models.exif_defocus import DiffusersGenerator
 
         with pytest.raises(ValueError, match="local checkpoint"):
             DiffusersGenerator.from_pretrained(tmp_path / "missing")
         with pytest.raises(ValueError, match="local checkpoint"):
-            TransformersDepth.from_pretrained("some-org/depth-anything")
+            DepthEstimator.from_pretrained("some-org/depth-anything", output="relative")
 
 
 def test_example_command_runs(tiny_checkpoints, tmp_path, capsys):

@@ -337,10 +337,10 @@ class TestFluxAdapter:
 
 
 # ---------------------------------------------------------------------------------- depth estimator
-class TestHFDepthEstimator:
+class TestDepthEstimator:
     def test_local_tiny_dpt_drives_refocus(self, tmp_path):
         transformers = pytest.importorskip("transformers")
-        from lensblur_models.genrefocus import HFDepthEstimator
+        from lensblur_models.common import DepthEstimator
 
         torch.manual_seed(0)
         cfg = transformers.DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
@@ -351,14 +351,16 @@ class TestHFDepthEstimator:
         with torch.no_grad():  # a head that gives a non-trivial positive map
             model.head.head[-2].bias.fill_(1.0)
         model.save_pretrained(tmp_path / "dpt")
-        est = HFDepthEstimator.from_pretrained(tmp_path / "dpt", input_size=(32, 32))
+        est = DepthEstimator.from_pretrained(tmp_path / "dpt", output="disparity", input_size=(32, 32))
         img = torch.rand(2, 3, 20, 28)
         disp = est(img)
         assert disp.shape == (2, 1, 20, 28)
-        assert float(disp.min()) >= 1e-3 and disp.flatten(1).amax(1).tolist() == pytest.approx([1.0, 1.0])
+        assert float(disp.min()) >= 1e-2 and disp.flatten(1).amax(1).tolist() == pytest.approx([1.0, 1.0])
         out = refocus(img, (5, 5), 4.0, depth_estimator=est, return_intermediates=True)
         assert out.image.shape == img.shape and torch.equal(out.disparity, disp)
         with pytest.raises(ValueError, match="path"):
-            HFDepthEstimator.from_pretrained(tmp_path / "nothing")
+            DepthEstimator.from_pretrained(tmp_path / "nothing", output="disparity")
         with pytest.raises(ValueError, match="output"):
-            HFDepthEstimator(model, output="normals")
+            DepthEstimator(model, output="normals")
+        with pytest.raises(ValueError, match="metric depth network"):
+            DepthEstimator(model, output="metric")
