@@ -137,6 +137,21 @@ class DiffusersGenerator(nn.Module):
             image_size = (sample[0] * self._vae_factor, sample[1] * self._vae_factor)
         self.image_size = tuple(int(v) for v in image_size)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the UNet's blocks in the backward pass (diffusers' own checkpointing)."""
+        self.unet.enable_gradient_checkpointing()
+
+    def disable_gradient_checkpointing(self) -> None:
+        """Undo :meth:`enable_gradient_checkpointing`."""
+        self.unet.disable_gradient_checkpointing()
+
+    def trainable_parameters(self):
+        """The parameters fine-tuning updates: the UNet's LoRA weights (all UNet weights when
+        ``lora_rank=0``), whatever their ``requires_grad`` is now."""
+        if self.lora_rank > 0:
+            return [p for n, p in self.unet.named_parameters() if "lora_" in n]
+        return list(self.unet.parameters())
+
     @classmethod
     def from_pretrained(cls, path: PathLike, **kwargs) -> "DiffusersGenerator":
         """Load a diffusers pipeline from the local directory ``path`` (no download)."""

@@ -218,6 +218,18 @@ class ExifDefocusPipeline(nn.Module):
         self.lens_blur = LensBlur(aperture=aperture, method=config.blur_method, gamma=config.gamma,
                                   backend=config.backend)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the FDT's (and the generator's UNet's) blocks in the backward pass."""
+        self.fdt.enable_gradient_checkpointing()
+        if self.generator is not None and hasattr(self.generator, "enable_gradient_checkpointing"):
+            self.generator.enable_gradient_checkpointing()
+
+    def disable_gradient_checkpointing(self) -> None:
+        """Undo :meth:`enable_gradient_checkpointing`."""
+        self.fdt.disable_gradient_checkpointing()
+        if self.generator is not None and hasattr(self.generator, "disable_gradient_checkpointing"):
+            self.generator.disable_gradient_checkpointing()
+
     # ------------------------------------------------------------------ building blocks
     def render(self, aif: torch.Tensor, depth_m: torch.Tensor, exif: torch.Tensor,
                focus_distance_m: torch.Tensor, f_number: Optional[torch.Tensor] = None) -> torch.Tensor:
