@@ -8,7 +8,8 @@
 * :mod:`.flux` — :class:`FluxAdapterBase`, the one FLUX transformer + LoRA adapter that each
   family subclasses for its conditioning (imported lazily: it needs ``peft``).
 * :mod:`.depth` — :class:`DepthEstimator`, the one ``transformers`` depth wrapper.
-* :mod:`.train` — the one Accelerate training loop (:func:`train_loop`).
+* :mod:`.train` — the one Accelerate training loop (:func:`~lensblur_models.common.train.train_loop`);
+  :mod:`.data` — the streaming image dataset.
 """
 
 from .checks import check_int, check_pair, check_tensor4, check_transformer_args

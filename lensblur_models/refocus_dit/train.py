@@ -20,8 +20,9 @@ A real checkpoint: ``--flux DIR`` trains LoRA adapters and the new conditioning 
         --out runs/flux_refocus
 
 Data: the procedural scene (:func:`lensblur.scene.make_scene`, ``--scenes`` of them, made on
-demand) or ``--data DIR`` of photos streamed from disk (:class:`~lensblur_models.common.data.
-ImageFolderDataset`: shorter side resized to ``--size``, random square crops; ``NAME_depth.npy``
+demand) or ``--data DIR`` of photos streamed from disk
+(:class:`~lensblur_models.common.data.ImageFolderDataset`: shorter side resized to ``--size``,
+random square crops; ``NAME_depth.npy``
 in metres when present, else depth from ``--depth-model`` — relative depth, used as metres up
 to scale).  Pairs are simulated on the device for every batch (:func:`~.simulate.simulate_batch`,
 ``gamma=2.2``: blur happens in linear light).  Every loop flag (``--mixed-precision``,

@@ -227,13 +227,16 @@ class TestRefocus:
     def test_pipeline_with_networks_and_checkpoints(self, tmp_path):
         deblur = _wake(DeblurNet.from_config(DeblurNetConfig.tiny()), 1)
         bokeh = _wake(BokehNet.from_config(BokehNetConfig.tiny()), 2)
-        deblur.save_pretrained(tmp_path / "deblur")
-        bokeh.save_pretrained(tmp_path / "bokeh")
-        pipe = RefocusPipeline.from_pretrained(tmp_path / "deblur", tmp_path / "bokeh",
-                                               depth_estimator=lambda a: a.mean(1, keepdim=True) + 0.5)
+        estimator = lambda a: a.mean(1, keepdim=True) + 0.5  # noqa: E731
+        RefocusPipeline(estimator, deblur, bokeh, max_px=7.0).save_pretrained(tmp_path / "pipe")
+        with pytest.raises(ValueError, match="depth_estimator"):  # a lambda is not saved: pass it again
+            RefocusPipeline.from_pretrained(tmp_path / "pipe")
+        pipe = RefocusPipeline.from_pretrained(tmp_path / "pipe", depth_estimator=estimator)
+        assert pipe.max_px == 7.0 and set(pipe.components) == {"depth_estimator", "deblur", "bokeh"}
         img = torch.rand(1, 3, 16, 16)
+        out = pipe(img, (3, 3), 10.0, Aperture.polygon(6))
+        assert not out.image.requires_grad  # __call__ runs under torch.no_grad()
         with torch.no_grad():
-            out = pipe(img, (3, 3), 10.0, Aperture.polygon(6), return_intermediates=True)
             direct = bokeh(deblur(img), out.defocus_map, Aperture.polygon(6))
         assert out.image.shape == img.shape
         torch.testing.assert_close(out.image, direct, atol=1e-5, rtol=1e-5)

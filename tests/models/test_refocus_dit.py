@@ -327,6 +327,13 @@ def test_save_load_round_trip(tmp_path):
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     assert torch.equal(pipe.refocus(x, d, steps=2, generator=g()),
                        refocus(model, x, d, steps=2, generator=g()))
+    # one folder: pipeline.json + model/ + codec/
+    RefocusDiTPipeline(model, IdentityCodec(3, shift=0.5, scale=2.0)).save_pretrained(tmp_path / "pipe")
+    back = RefocusDiTPipeline.from_pretrained(tmp_path / "pipe")
+    assert isinstance(back.codec, IdentityCodec) and back.codec.scale == 2.0
+    out = back(x, d, (0.2, 0.7), 0.9, steps=2, generator=g())
+    assert not out.image.requires_grad
+    assert torch.equal(out.image, refocus(model, x, d, (0.2, 0.7), 0.9, codec=back.codec, steps=2, generator=g()))
 
 
 def test_flux_lora_adapter_and_vae_codec_from_local_checkpoints(tmp_path):
