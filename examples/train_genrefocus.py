@@ -16,7 +16,13 @@ writes
   combination, with the true depth as the depth estimator;
 * ``OUT/refocus_example.png`` — input | refocused by the trained pair | target.
 
-``--steps 40 --eval 2`` makes a smoke run of well under a minute.
+``--steps 40 --eval 2`` makes a smoke run of well under a minute.  Both networks train with the
+shared Accelerate loop (:func:`lensblur_models.genrefocus.train`, a front-end of
+:func:`lensblur_models.common.train.train_loop`); one network at scale is
+``accelerate launch ... -m lensblur_models.genrefocus.train --net bokeh ...``.
+
+Measured (this command, 2-core machine under load): held-out PSNR of DeblurNet + BokehNet
+24.64 dB (input 22.18 dB; true AIF + physical bokeh 26.37 dB, true AIF + BokehNet 26.21 dB).
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Generative refocusing (seed 003): DeblurNet + BokehNet, simulated data, pipeline, evaluation.
 
-* :mod:`.models` — :class:`DeblurNet` (defocused -> all-in-focus) and :class:`BokehNet`
+* ``genrefocus.models`` — :class:`DeblurNet` (defocused -> all-in-focus) and :class:`BokehNet`
   (all-in-focus + defocus map + aperture tokens -> defocused), token-concatenation transformers
   on :mod:`lensblur_models.nn`, with ``tiny()`` / ``small()`` / ``base()`` configs.
-* :mod:`.tokens` — aperture-shape tokens from :meth:`lensblur.Aperture.kernel`.
-* :mod:`.data` — training batches rendered on the fly by :mod:`lensblur` with random apertures.
+* ``genrefocus.tokens`` — aperture-shape tokens from :meth:`lensblur.Aperture.kernel`.
+* ``genrefocus.data`` — training batches rendered on the fly by :mod:`lensblur` with random apertures.
 * ``genrefocus.train`` — the networks' task of the shared Accelerate loop
   (:mod:`lensblur_models.common.train`) and :func:`train`, its in-Python front-end.
-  :mod:`.pipeline` — :func:`refocus`.
-* :mod:`.evaluate` — PSNR and LPIPS (or the documented SSIM fallback) on a held-out set.
+  ``genrefocus.pipeline`` — :func:`refocus` and :class:`RefocusPipeline`.
+* ``genrefocus.evaluate`` — PSNR and LPIPS (or the documented SSIM fallback) on a held-out set.
 * depth: the shared :class:`lensblur_models.common.DepthEstimator` with ``output="disparity"``
   is the pipeline's depth estimator.
 * ``genrefocus.flux`` — :class:`FluxBridgeAdapter`, the networks on a local diffusers FLUX transformer with

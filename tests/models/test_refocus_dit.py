@@ -397,6 +397,7 @@ def test_flux_lora_adapter_and_vae_codec_from_local_checkpoints(tmp_path):
     assert trained.lora_rank == 2 and trained.source == (str(tmp_path / "flux"), "transformer")
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_under_accelerate(tmp_path):
     """accelerate launch, 2 processes, gloo: the ranks train in sync, losses are averaged, model saved."""
     out = tmp_path / "run"

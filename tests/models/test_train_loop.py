@@ -2,8 +2,8 @@
 
 In one process: bf16 autocast + gradient checkpointing + gradient accumulation + warm-up + EMA +
 checkpoints, then a resumed run must reproduce the uninterrupted run's next losses exactly.
-Under ``accelerate launch`` (2 CPU processes, gloo): the refocusing DiT in
-test_refocus_dit.py, the other two families here (slow).
+Under ``accelerate launch`` (2 CPU processes, gloo, marked slow): the refocusing DiT in
+test_refocus_dit.py, the other two families here.
 """
 
 import json
