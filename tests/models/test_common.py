@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lensblur import Aperture, LensBlurError
-from lensblur_models import (BokehNet, BokehNetConfig, DeblurNet, DeblurNetConfig, FocusDistanceConfig,
+from lensblur_models import (BokehNet, BokehNetConfig, DeblurNet, DeblurNetConfig,
                              FocusDistanceTransformer, RefocusDiT, RefocusDiTConfig)
 from lensblur_models.common import LensBlurModel, ModelConfig
 
