@@ -16,9 +16,13 @@ What it does:
    instead of the scene's exact depth);
 3. **stage 1** (``--fdt-steps``): trains the Focus Distance Transformer through the lens blur on
    (all-in-focus, photo) pairs — the reconstruction loss is the only signal;
-4. **stage 2** (``--joint-steps``): trains generator and FDT jointly, end to end: the generator
-   denoises the noised photo into an all-in-focus estimate, depth -> FDT -> blur re-renders the
-   photo, and the loss flows back into both;
+4. **stage 2** (``--joint-steps``): trains the generator's UNet LoRA adapters and the FDT jointly,
+   end to end: the generator denoises the noised photo into an all-in-focus estimate, depth ->
+   FDT -> blur re-renders the photo, and the loss flows back into both;
+
+Both stages run the shared Accelerate loop (:func:`lensblur_models.common.train.train_loop`
+with :class:`lensblur_models.exif_defocus.train.ExifDefocusTask`); the real-photo command is
+``python -m lensblur_models.exif_defocus.train`` (or under ``accelerate launch``).
 5. prints the FDT's held-out focus error (mean ``|log focus - log true|``) next to the constant
    predictor's, Blur Monotonicity for the pipeline and for an f-number-blind baseline, saves the
    trained pipeline to ``OUT/pipeline`` and reloads it to check the round trip.
@@ -35,10 +39,12 @@ import torch
 import torch.nn.functional as F
 
 import lensblur
-from lensblur_models import blur_monotonicity
+from lensblur_models import DepthEstimator, blur_monotonicity
+from lensblur_models.common.train import TrainingArgs, train_loop
 from lensblur_models.exif_defocus import (DEFAULT_BLUR_METHOD, DiffusersGenerator, ExifDefocusConfig,
-                                          ExifDefocusPipeline, TransformersDepth, log_focus_error,
+                                          ExifDefocusPipeline, log_focus_error,
                                           make_focus_dataset, make_tiny_diffusers_generator)
+from lensblur_models.exif_defocus.train import ExifDefocusTask, TensorDataset
 
 SWEEP = (1.8, 2.8, 4.0, 5.6, 8.0, 11.0, 16.0, 22.0)
 
@@ -83,9 +89,12 @@ def main(argv=None):
     ap.add_argument("--generator", default=None, help="local diffusers pipeline directory (default: tiny random)")
     ap.add_argument("--depth-model", default=None, help="local transformers depth model directory "
                     "(default: the synthetic scene's exact depth)")
+    ap.add_argument("--depth-output", default="relative", choices=("relative", "metric"),
+                    help="what --depth-model returns: relative depth (the FDT learns the scale) or metres")
     ap.add_argument("--blur-method", default=DEFAULT_BLUR_METHOD, choices=("layered", "gather", "scatter"),
                     help="renderer of the pipeline (the training photos are always rendered 'layered')")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny ops: 1 is fastest)")
+    ap.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -100,7 +109,8 @@ def main(argv=None):
     sweep_set = make_focus_dataset(8, 3 * args.size, seed=args.seed + 2, scene_size=9 * args.size)
     gen_path = args.generator or make_tiny_diffusers_generator(out_dir / "checkpoints" / "generator", size=args.size)
     generator = DiffusersGenerator.from_pretrained(gen_path, num_inference_steps=4)
-    depth_model = TransformersDepth.from_pretrained(args.depth_model) if args.depth_model else None
+    depth_model = (DepthEstimator.from_pretrained(args.depth_model, output=args.depth_output)
+                   if args.depth_model else None)
     pipe = ExifDefocusPipeline(ExifDefocusConfig.tiny(blur_method=args.blur_method), generator=generator,
                                depth_model=depth_model)
     keys = ("aif", "exif", "target") + (() if depth_model else ("depth",))
@@ -109,36 +119,36 @@ def main(argv=None):
     print(f"data: {args.train} training photos, 32 held out, {args.size}x{args.size} px  ({time.time() - t0:.1f}s)")
     print(f"held-out focus error  constant predictor: {base_err:.3f}   untrained FDT: {focus_error(pipe, test):.3f}")
 
-    g = torch.Generator().manual_seed(args.seed)
-    losses, recs = [], []
-    opt = torch.optim.Adam(pipe.fdt.parameters(), lr=args.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, args.fdt_steps))
+    loop = dict(batch_size=args.batch, max_grad_norm=0.0, lr_scheduler="cosine", seed=args.seed,
+                threads=args.threads, mixed_precision=args.mixed_precision, log_every=25)
+    losses = []
+
+    def report(kind):
+        def callback(step, m):
+            losses.append(m["loss"] if kind == "loss" else m["reconstruction"])
+            if step % 25 == 0 or step == total[0]:
+                extra = f"  AIF prior {m['aif_prior']:.3f}" if kind == "reconstruction" else ""
+                print(f"  step {step:4d}  {kind} {sum(losses[-25:]) / len(losses[-25:]):.4f}{extra}  held-out focus "
+                      f"error {focus_error(pipe, test):.3f}  ({time.time() - t0:.1f}s)", flush=True)
+        return callback
+
+    total = [args.fdt_steps]
     print("stage 1: FDT through the lens blur (reconstruction loss only, no focus labels)")
-    for step in range(1, args.fdt_steps + 1):
-        idx = torch.randperm(args.train, generator=g)[:args.batch]
-        parts = pipe.training_step({k: train[k][idx] for k in keys}, opt, generator=g)
-        sched.step()
-        losses.append(float(parts["loss"]))
-        if step % 25 == 0 or step == args.fdt_steps:
-            print(f"  step {step:4d}  loss {sum(losses[-25:]) / len(losses[-25:]):.4f}  held-out focus error "
-                  f"{focus_error(pipe, test):.3f}  ({time.time() - t0:.1f}s)")
+    train_loop(ExifDefocusTask(pipe, TensorDataset(train, keys), "fdt", save_dir=None),
+               TrainingArgs(output_dir=str(out_dir / "stage1"), max_steps=args.fdt_steps, learning_rate=args.lr, **loop),
+               progress=False, callback=report("loss"))
 
     if args.joint_steps:
         print("stage 2: generator + FDT end to end (generator denoises the photo, blur re-renders it)")
         # the FDT already knows focus: a small learning rate keeps it from chasing the young generator
-        opt = torch.optim.Adam([{"params": pipe.fdt.parameters(), "lr": args.lr * 0.05},
-                                {"params": pipe.generator.parameters(), "lr": 1e-3}])
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, args.joint_steps))
-        joint_keys = tuple(k for k in keys if k != "aif")
-        for step in range(1, args.joint_steps + 1):
-            idx = torch.randperm(args.train, generator=g)[:args.batch]
-            parts = pipe.training_step({k: train[k][idx] for k in joint_keys}, opt, generator=g)
-            sched.step()
-            recs.append(float(parts["reconstruction"]))
-            if step % 25 == 0 or step == args.joint_steps:
-                print(f"  step {step:4d}  reconstruction {sum(recs[-25:]) / len(recs[-25:]):.4f}  "
-                      f"AIF prior {float(parts['aif_prior']):.3f}  "
-                      f"held-out focus error {focus_error(pipe, test):.3f}  ({time.time() - t0:.1f}s)")
+        losses.clear()
+        total[0] = args.joint_steps
+        joint = tuple(k for k in keys if k != "aif")
+        train_loop(ExifDefocusTask(pipe, TensorDataset(train, joint), "joint", fdt_lr_scale=args.lr * 0.05 / 1e-3,
+                                   save_dir=None),
+                   TrainingArgs(output_dir=str(out_dir / "stage2"), max_steps=args.joint_steps, learning_rate=1e-3,
+                                **loop),
+                   progress=False, callback=report("reconstruction"))
 
     learned = focus_error(pipe, test)
     print(f"held-out focus error  constant predictor: {base_err:.3f}   trained FDT: {learned:.3f}  "

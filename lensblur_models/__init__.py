@@ -9,8 +9,13 @@
   (seeds 001/002): :class:`RefocusDiT`, :class:`RefocusDiTPipeline`.
 * Generative refocusing with DeblurNet and BokehNet (seed 003): :class:`DeblurNet`,
   :class:`BokehNet`, :func:`refocus`, :class:`RefocusPipeline`.
+
+All three stand on :mod:`lensblur_models.common`: one config base (:class:`ModelConfig`), the
+``diffusers`` model base (:class:`LensBlurModel`), one FLUX + LoRA adapter base, one depth
+wrapper (:class:`DepthEstimator`) and one Accelerate training loop.
 """
 
+from .common import DepthEstimator, LensBlurModel, ModelConfig
 from .defocus_map import blur_strength_from_lens, defocus_map, focus_disparity_at
 from .exif import ExifData, ExifEmbedder, ExifError, read_exif, validate_exif
 from .exif_defocus import (ExifDefocusConfig, ExifDefocusPipeline, FocusDistanceConfig,
@@ -31,4 +36,6 @@ __all__ = [
     "RefocusPipeline", "refocus",
     # seeds 001/002
     "RefocusDiT", "RefocusDiTConfig", "RefocusDiTPipeline",
+    # the shared floor (lensblur_models.common)
+    "DepthEstimator", "LensBlurModel", "ModelConfig",
 ]

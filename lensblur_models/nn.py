@@ -10,7 +10,9 @@ Every model in :mod:`lensblur_models` that works on image tokens is assembled fr
 * :class:`TransformerBlock` / :class:`TokenTransformer` — pre-norm attention + MLP blocks whose
   LayerNorms are modulated by the condition vector with *adaLN-zero* (DiT): the modulation is
   initialised to zero, so every block starts as the identity map.
-* :func:`save_pretrained` / :func:`load_pretrained` — ``config.json`` + ``model.safetensors``.
+
+Persistence is the ``diffusers`` one: the networks subclass
+:class:`~lensblur_models.common.LensBlurModel` (``save_pretrained`` / ``from_pretrained``).
 
 Example:
     >>> import torch
@@ -25,15 +27,12 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
-from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from lensblur import LensBlurError
@@ -48,14 +47,8 @@ __all__ = [
     "TimestepEmbedder",
     "TransformerBlock",
     "TokenTransformer",
-    "save_pretrained",
-    "load_pretrained",
-    "CONFIG_NAME",
-    "WEIGHTS_NAME",
-]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+]
 
 
 def _check_positive_int(value, name: str) -> int:
@@ -371,6 +364,10 @@ class TokenTransformer(nn.Module):
     Shapes: ``tokens`` ``(B, N, dim)``, ``cond`` ``(B, dim)`` -> ``(B, N, dim)`` (normalised and
     modulated; put a Linear head on top).
 
+    Gradient checkpointing: with ``gradient_checkpointing = True`` (set by
+    ``ModelMixin.enable_gradient_checkpointing`` of the model holding it) every block is
+    recomputed in the backward pass instead of keeping its activations.
+
     Example:
         >>> import torch
         >>> TokenTransformer(16, depth=2, heads=2)(torch.randn(3, 7, 16), torch.randn(3, 16)).shape
@@ -386,6 +383,15 @@ class TokenTransformer(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
+        self.gradient_checkpointing = False
+
+    def _run_block(self, blk: TransformerBlock, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            func = getattr(self, "_gradient_checkpointing_func", None)
+            if func is None:
+                return torch.utils.checkpoint.checkpoint(blk, x, cond, use_reentrant=False)
+            return func(blk, x, cond)
+        return blk(x, cond)
 
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         if not isinstance(tokens, torch.Tensor) or not isinstance(cond, torch.Tensor):
@@ -398,84 +404,6 @@ class TokenTransformer(nn.Module):
                 f"`cond` must have shape ({tokens.shape[0]}, {self.dim}), got {tuple(cond.shape)}")
         x = tokens
         for blk in self.blocks:
-            x = blk(x, cond)
+            x = self._run_block(blk, x, cond)
         shift, scale = self.ada(cond).chunk(2, dim=-1)
         return _modulate(self.norm(x), shift, scale)
-
-
-# ------------------------------------------------------------------------------- persistence
-
-
-def _config_to_dict(config) -> dict:
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return dataclasses.asdict(config)
-    if isinstance(config, dict):
-        return dict(config)
-    raise TypeError(f"`config` must be a dict or a dataclass instance, got {type(config).__name__}")
-
-
-def save_pretrained(module: nn.Module, config, path: Union[str, os.PathLike]) -> Path:
-    """Save ``module``'s weights and ``config`` to the directory ``path``.
-
-    Writes ``path/config.json`` (the config plus ``"_class_name"``) and ``path/model.safetensors``
-    (shared tensors are handled). ``config`` is a dict or a dataclass instance.
-
-    Returns:
-        the directory as a :class:`~pathlib.Path`.
-
-    Example:
-        >>> import tempfile, torch
-        >>> lin = torch.nn.Linear(2, 3)
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     _ = save_pretrained(lin, {"in_features": 2, "out_features": 3}, d)
-        ...     back = load_pretrained(torch.nn.Linear, d)
-        >>> torch.equal(back.weight, lin.weight)
-        True
-    """
-    from safetensors.torch import save_model
-
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"`module` must be a torch.nn.Module, got {type(module).__name__}")
-    cfg = _config_to_dict(config)
-    cfg["_class_name"] = type(module).__name__
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / CONFIG_NAME, "w") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
-    save_model(module, str(path / WEIGHTS_NAME))
-    return path
-
-
-def load_pretrained(cls, path: Union[str, os.PathLike], map_location: Optional[str] = "cpu"):
-    """Rebuild a module saved by :func:`save_pretrained`.
-
-    The module is constructed as ``cls(cls.config_class(**config))`` when ``cls`` has a
-    ``config_class`` attribute (a dataclass; list values are turned back into tuples where the
-    field's default is a tuple), else as ``cls(**config)``; then the weights are loaded strictly.
-
-    Raises:
-        LensBlurError: ``path`` lacks the files, or the saved class name differs from ``cls``.
-    """
-    from safetensors.torch import load_model
-
-    path = Path(path)
-    cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
-    if not cfg_file.is_file() or not weights.is_file():
-        raise LensBlurError(
-            f"`path` {str(path)!r} must be a directory with {CONFIG_NAME} and {WEIGHTS_NAME}")
-    with open(cfg_file) as f:
-        cfg = json.load(f)
-    name = cfg.pop("_class_name", None)
-    if name is not None and name != cls.__name__:
-        raise LensBlurError(f"`path` holds a {name}, not a {cls.__name__}")
-    config_class = getattr(cls, "config_class", None)
-    if config_class is not None:
-        fields = {f.name: f for f in dataclasses.fields(config_class)}
-        for k, v in list(cfg.items()):
-            if isinstance(v, list) and k in fields and isinstance(fields[k].default, tuple):
-                cfg[k] = tuple(v)
-        module = cls(config_class(**cfg))
-    else:
-        module = cls(**cfg)
-    load_model(module, str(weights), strict=True, device=map_location or "cpu")
-    return module

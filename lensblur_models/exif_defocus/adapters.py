@@ -9,8 +9,8 @@ downloaded) and speak the pipeline's image convention: display-encoded RGB in ``
   offers :meth:`~DiffusersGenerator.sample` (DDIM-style sampling from noise) and
   :meth:`~DiffusersGenerator.denoise` (one-step estimate of the clean image from a noised photo —
   the quantity the paper blurs during training), both differentiable w.r.t. the UNet.
-* :class:`TransformersDepth` wraps a ``transformers`` depth-estimation model (e.g.
-  ``DepthAnythingForDepthEstimation``): frozen weights, differentiable w.r.t. its input image.
+* depth comes from the shared :class:`lensblur_models.common.DepthEstimator` (a frozen
+  ``transformers`` depth model, differentiable w.r.t. its input image).
 
 :func:`make_tiny_diffusers_generator` and :func:`make_tiny_depth_model` write tiny
 random-initialised checkpoints (for tests and the CPU example) in the same on-disk formats as real
@@ -30,16 +30,18 @@ from torch import nn
 
 from lensblur import LensBlurError
 
-__all__ = ["DiffusersGenerator", "TransformersDepth", "make_tiny_diffusers_generator",
-           "make_tiny_depth_model", "IMAGENET_MEAN", "IMAGENET_STD"]
+from ..common.checks import check_int
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["DiffusersGenerator", "make_tiny_diffusers_generator", "make_tiny_depth_model"]
 
 PathLike = Union[str, os.PathLike]
 
 #: File in which an adapter's own settings are saved next to the wrapped checkpoint.
 ADAPTER_CONFIG = "lensblur_adapter.json"
+#: The generator's UNet LoRA weights (``peft`` naming), next to the pipeline.
+LORA_WEIGHTS = "unet_lora.safetensors"
+#: UNet modules that get LoRA by default: attention projections and the resnet convolutions.
+GENERATOR_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")
 
 
 def _read_adapter_config(path: Path, kwargs: dict) -> dict:
@@ -75,9 +77,14 @@ class DiffusersGenerator(nn.Module):
         num_inference_steps: default number of sampling steps for :meth:`sample`.
         image_size: ``(H, W)`` of generated images (default: the UNet's ``sample_size`` times the
             VAE's downsampling factor).
+        lora_rank: rank of the ``peft`` LoRA adapters added to the UNet (default 4); the UNet's
+            base weights are frozen and only the adapters train.  ``0`` fine-tunes the whole UNet
+            (an explicit opt-in).
+        lora_targets: UNet module names that get LoRA (attention projections and the resnet
+            convolutions; names a UNet lacks are skipped).
 
-    The UNet (and VAE) are registered submodules, so ``generator.parameters()`` are what a
-    fine-tuning optimiser sees; the text encoder is frozen.
+    The VAE and the text encoder are always frozen.  ``generator.parameters()`` with
+    ``requires_grad`` are what a fine-tuning optimiser sees: the LoRA weights by default.
 
     Example:
         >>> import tempfile
@@ -89,8 +96,10 @@ class DiffusersGenerator(nn.Module):
     """
 
     def __init__(self, pipeline, num_inference_steps: int = 25,
-                 image_size: Optional[Sequence[int]] = None) -> None:
+                 image_size: Optional[Sequence[int]] = None, lora_rank: int = 4,
+                 lora_targets: Sequence[str] = GENERATOR_LORA_TARGETS) -> None:
         super().__init__()
+        check_int(lora_rank, "lora_rank", minimum=0)
         for part in ("unet", "scheduler"):
             if getattr(pipeline, part, None) is None:
                 raise LensBlurError(f"`pipeline` must have a `{part}` component "
@@ -103,6 +112,22 @@ class DiffusersGenerator(nn.Module):
         text_encoder = getattr(pipeline, "text_encoder", None)
         if text_encoder is not None:
             text_encoder.requires_grad_(False)
+        if self.vae is not None:
+            self.vae.requires_grad_(False)
+        self.lora_rank, self.lora_targets = lora_rank, tuple(lora_targets)
+        if lora_rank > 0:
+            from peft import LoraConfig, inject_adapter_in_model
+
+            modules = [n for n, _ in self.unet.named_modules()]
+            targets = [t for t in self.lora_targets if any(n == t or n.endswith("." + t) for n in modules)]
+            if not targets:
+                raise LensBlurError(f"none of `lora_targets` {self.lora_targets} is a module of the UNet")
+            self.unet.requires_grad_(False)
+            inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=targets,
+                                               init_lora_weights=True), self.unet)
+            for p in self.unet.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
         self._vae_factor = 1
         if self.vae is not None:
             self._vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -112,6 +137,21 @@ class DiffusersGenerator(nn.Module):
             image_size = (sample[0] * self._vae_factor, sample[1] * self._vae_factor)
         self.image_size = tuple(int(v) for v in image_size)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the UNet's blocks in the backward pass (diffusers' own checkpointing)."""
+        self.unet.enable_gradient_checkpointing()
+
+    def disable_gradient_checkpointing(self) -> None:
+        """Undo :meth:`enable_gradient_checkpointing`."""
+        self.unet.disable_gradient_checkpointing()
+
+    def trainable_parameters(self):
+        """The parameters fine-tuning updates: the UNet's LoRA weights (all UNet weights when
+        ``lora_rank=0``), whatever their ``requires_grad`` is now."""
+        if self.lora_rank > 0:
+            return [p for n, p in self.unet.named_parameters() if "lora_" in n]
+        return list(self.unet.parameters())
+
     @classmethod
     def from_pretrained(cls, path: PathLike, **kwargs) -> "DiffusersGenerator":
         """Load a diffusers pipeline from the local directory ``path`` (no download)."""
@@ -120,13 +160,35 @@ class DiffusersGenerator(nn.Module):
         p = _local_dir(path)
         pipe = DiffusionPipeline.from_pretrained(str(p), local_files_only=True)
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe, **_read_adapter_config(p, kwargs))
+        gen = cls(pipe, **_read_adapter_config(p, kwargs))
+        if gen.lora_rank > 0 and (p / LORA_WEIGHTS).is_file():
+            from safetensors.torch import load_file
+
+            lora = load_file(str(p / LORA_WEIGHTS))
+            expected = {k for k in gen.unet.state_dict() if "lora_" in k}
+            if set(lora) != expected:
+                raise LensBlurError(f"{p / LORA_WEIGHTS} does not match the generator's LoRA setup")
+            gen.unet.load_state_dict(lora, strict=False)
+        return gen
 
     def save_pretrained(self, path: PathLike) -> None:
-        """Write the (possibly fine-tuned) pipeline in diffusers format, plus the adapter settings."""
+        """Write the pipeline in diffusers format plus the settings; with LoRA, the UNet keeps its
+        base weights and the adapters go to ``unet_lora.safetensors``."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
         self.pipeline.save_pretrained(str(path))
-        settings = {"num_inference_steps": self.num_inference_steps, "image_size": list(self.image_size)}
-        (Path(path) / ADAPTER_CONFIG).write_text(json.dumps(settings))
+        settings = {"num_inference_steps": self.num_inference_steps, "image_size": list(self.image_size),
+                    "lora_rank": self.lora_rank, "lora_targets": list(self.lora_targets)}
+        if self.lora_rank > 0:
+            base = {k.replace(".base_layer", ""): v.detach().contiguous().cpu()
+                    for k, v in self.unet.state_dict().items() if "lora_" not in k}
+            for f in (path / "unet").glob("diffusion_pytorch_model*"):
+                f.unlink()
+            save_file(base, str(path / "unet" / "diffusion_pytorch_model.safetensors"))
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.unet.state_dict().items() if "lora_" in k},
+                      str(path / LORA_WEIGHTS))
+        (path / ADAPTER_CONFIG).write_text(json.dumps(settings))
 
     # -- helpers ----------------------------------------------------------------------------
     def _encode_prompt(self, cond, batch_size: int, device):
@@ -222,98 +284,6 @@ class DiffusersGenerator(nn.Module):
             out = self._unet(inp, t, embeds)
             x = self.scheduler.step(out, t, x).prev_sample
         return self._to_image(x)
-
-
-class TransformersDepth(nn.Module):
-    """Frozen monocular depth from a ``transformers`` depth-estimation model.
-
-    The image (``[0, 1]``, ``(B, 3, H, W)``) is resized so that its shorter side is
-    ``input_size`` and both sides are multiples of the backbone's patch size, normalised with the
-    model's mean/std, and the prediction is resized back to ``(H, W)``.
-
-    * ``kind="metric"`` models (``depth_estimation_type == "metric"``) return metres.
-    * ``kind="relative"`` models (Depth Anything's default) predict relative *disparity*; it is
-      normalised by its per-image maximum and inverted, giving a relative depth in
-      ``[1, max_relative_depth]`` — the FDT's depth scale turns it into metres.
-
-    Weights are frozen (``requires_grad=False``) but the output is differentiable w.r.t. the
-    image, so a generator upstream receives gradients through it.
-
-    Example:
-        >>> import tempfile
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     depth_net = TransformersDepth.from_pretrained(make_tiny_depth_model(d))
-        ...     depth = depth_net(torch.rand(1, 3, 14, 21))
-        >>> depth.shape, bool((depth >= 1).all())
-        (torch.Size([1, 1, 14, 21]), True)
-    """
-
-    def __init__(self, model: nn.Module, *, input_size: Optional[int] = None,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 kind: str = "auto", max_relative_depth: float = 100.0) -> None:
-        super().__init__()
-        self.model = model.eval().requires_grad_(False)
-        cfg = model.config
-        backbone = getattr(cfg, "backbone_config", None)
-        self.patch = int(getattr(cfg, "patch_size", None) or getattr(backbone, "patch_size", 1) or 1)
-        default_size = getattr(backbone, "image_size", None) or getattr(cfg, "image_size", None) or 518
-        self.input_size = int(input_size or default_size)
-        if kind == "auto":
-            kind = "metric" if getattr(cfg, "depth_estimation_type", "relative") == "metric" else "relative"
-        if kind not in ("metric", "relative"):
-            raise LensBlurError(f"`kind` must be 'auto', 'metric' or 'relative', got {kind!r}")
-        if not max_relative_depth > 1:
-            raise LensBlurError(f"`max_relative_depth` must be > 1, got {max_relative_depth}")
-        self.kind = kind
-        self.max_relative_depth = float(max_relative_depth)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-
-    def train(self, mode: bool = True):  # the wrapped network stays in eval mode (frozen)
-        super().train(mode)
-        self.model.eval()
-        return self
-
-    @classmethod
-    def from_pretrained(cls, path: PathLike, **kwargs) -> "TransformersDepth":
-        """Load ``AutoModelForDepthEstimation`` (+ its image processor's mean/std) from ``path``."""
-        from transformers import AutoModelForDepthEstimation
-
-        p = _local_dir(path)
-        model = AutoModelForDepthEstimation.from_pretrained(str(p), local_files_only=True)
-        kwargs = _read_adapter_config(p, kwargs)
-        proc = p / "preprocessor_config.json"
-        if proc.is_file():
-            with open(proc) as f:
-                pc = json.load(f)
-            kwargs.setdefault("mean", pc.get("image_mean", IMAGENET_MEAN))
-            kwargs.setdefault("std", pc.get("image_std", IMAGENET_STD))
-        return cls(model, **kwargs)
-
-    def save_pretrained(self, path: PathLike) -> None:
-        """Write the wrapped model (transformers format) and the adapter settings."""
-        self.model.save_pretrained(str(path))
-        settings = {"input_size": self.input_size, "kind": self.kind, "max_relative_depth": self.max_relative_depth,
-                    "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
-        (Path(path) / ADAPTER_CONFIG).write_text(json.dumps(settings))
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` image in ``[0, 1]`` -> ``(B, 1, H, W)`` depth > 0."""
-        _check_image01(image)
-        h, w = image.shape[-2:]
-        s = self.input_size / min(h, w)
-        size = (max(self.patch, round(h * s / self.patch) * self.patch),
-                max(self.patch, round(w * s / self.patch) * self.patch))
-        dtype = next(self.model.parameters()).dtype
-        x = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
-        x = ((x - self.mean.to(x.dtype)) / self.std.to(x.dtype)).to(dtype)
-        pred = self.model(pixel_values=x).predicted_depth  # (B, h', w')
-        pred = F.interpolate(pred[:, None].to(image.dtype), size=(h, w), mode="bilinear", align_corners=False)
-        if self.kind == "metric":
-            return pred.clamp_min(1e-3)
-        disp = pred.clamp_min(0)
-        disp = disp / disp.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        return 1.0 / disp.clamp_min(1.0 / self.max_relative_depth)
 
 
 def make_tiny_diffusers_generator(path: PathLike, size: int = 32, seed: int = 0) -> Path:

@@ -23,7 +23,7 @@ import torch
 import lensblur
 from lensblur.scene import SCENE_FOCAL_LENGTH_MM, SCENE_SENSOR_WIDTH_MM, make_scene
 
-__all__ = ["make_focus_dataset", "load_exif_photos"]
+__all__ = ["make_focus_dataset", "load_exif_photos", "ExifPhotoDataset"]
 
 _PHOTO_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff", ".png")
 
@@ -135,3 +135,45 @@ def load_exif_photos(paths: Union[str, os.PathLike, Sequence[Union[str, os.PathL
         targets.append(arr.permute(2, 0, 1).float() / 255.0)
         exif.append([e.focal_length_mm, e.f_number, e.sensor_width_mm * side / w])
     return {"target": torch.stack(targets), "exif": torch.tensor(exif, dtype=torch.float32)}
+
+
+class ExifPhotoDataset(torch.utils.data.Dataset):
+    """Real photos and their EXIF, read one per item (a data loader's workers stream them).
+
+    Like :func:`load_exif_photos`, but lazily and with aspect-preserving crops: the shorter side
+    is resized to ``size`` and a ``size x size`` crop is taken (random position from ``(seed, i)``
+    or centred); the sensor width is that of the crop (``size / resized width`` of the sensor).
+    A ``NAME_depth.npy`` next to a photo gives its depth (``has_depth``); otherwise the
+    pipeline's depth model estimates it on the fly.
+
+    Items: ``target`` ``(3, size, size)`` in ``[0, 1]``, ``exif`` ``(3,)``, ``depth``
+    ``(1, size, size)`` (zeros when absent), ``has_depth``.
+    """
+
+    def __init__(self, paths, size: int = 256, crop: str = "random", seed: int = 0,
+                 default_sensor_width_mm: Optional[float] = None) -> None:
+        from ..common.data import ImageFolderDataset
+
+        self.images = ImageFolderDataset(paths, size, crop=crop, seed=seed)
+        self.default_sensor_width_mm = default_sensor_width_mm
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> Dict[str, torch.Tensor]:
+        from PIL import Image
+
+        from ..exif import ExifError, read_exif
+
+        f = self.images.files[i % len(self.images.files)]
+        try:
+            e = read_exif(f, default_sensor_width_mm=self.default_sensor_width_mm)
+        except ExifError as err:
+            raise ExifError(f"{f}: {err}") from None
+        item = self.images[i]
+        with Image.open(f) as img:
+            w, h = img.size
+        resized_w = max(self.images.size, round(w * self.images.size / min(w, h)))
+        crop_sensor = e.sensor_width_mm * self.images.size / resized_w
+        return {"target": item["image"], "depth": item["depth"], "has_depth": item["has_depth"],
+                "exif": torch.tensor([e.focal_length_mm, e.f_number, crop_sensor], dtype=torch.float32)}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -28,47 +28,44 @@ from torch import nn
 from lensblur import LensBlurError
 
 from ..exif import ExifEmbedder, check_exif_tensor
-from ..nn import PatchEmbed, TokenTransformer, load_pretrained, save_pretrained, sincos_pos_embed_2d
+from diffusers.configuration_utils import register_to_config
+
+from ..common import LensBlurModel, ModelConfig, check_transformer_args
+from ..nn import PatchEmbed, TokenTransformer, sincos_pos_embed_2d
 
 __all__ = ["FocusDistanceConfig", "FocusDistanceTransformer", "FocusPrediction",
            "depth_range", "load_vit_weights"]
 
 
 @dataclass
-class FocusDistanceConfig:
-    """Size of a :class:`FocusDistanceTransformer`.
+class FocusDistanceConfig(ModelConfig):
+    """Architecture of a :class:`FocusDistanceTransformer` (the constructor's arguments).
 
     Attributes:
-        patch: patch side in pixels (image sides must be multiples of it).
+        patch_size: patch side in pixels (image sides must be multiples of it).
         dim, depth, heads, mlp_ratio: transformer width, number of blocks, heads, MLP ratio.
-        image_channels: channels of the all-in-focus image (depth adds one).
+        in_channels: channels of the all-in-focus image (depth adds one).
         exif_freqs: Fourier frequencies per EXIF value.
         max_depth_scale: the depth scale lies in ``(1 / max_depth_scale, max_depth_scale)``.
+
+    Presets: ``tiny()`` (a few thousand parameters: patch 4, width 32, 2 blocks), ``small()``
+    (ViT-S/16 layout, about 33 M parameters with adaLN), ``base()`` (ViT-B/16, about 130 M).
     """
 
-    patch: int = 16
+    patch_size: int = 16
     dim: int = 384
     depth: int = 6
     heads: int = 6
     mlp_ratio: float = 4.0
-    image_channels: int = 3
+    in_channels: int = 3
     exif_freqs: int = 6
     max_depth_scale: float = 10.0
 
-    @classmethod
-    def tiny(cls, **overrides) -> "FocusDistanceConfig":
-        """A few thousand parameters for CPU tests: patch 4, width 32, 2 blocks."""
-        return cls(**{**dict(patch=4, dim=32, depth=2, heads=2, mlp_ratio=2.0), **overrides})
-
-    @classmethod
-    def small(cls, **overrides) -> "FocusDistanceConfig":
-        """ViT-S/16 layout (384 wide, 12 blocks, 6 heads): about 33 M parameters with adaLN."""
-        return cls(**{**dict(patch=16, dim=384, depth=12, heads=6), **overrides})
-
-    @classmethod
-    def base(cls, **overrides) -> "FocusDistanceConfig":
-        """ViT-B/16 layout (768 wide, 12 blocks, 12 heads): about 130 M parameters with adaLN."""
-        return cls(**{**dict(patch=16, dim=768, depth=12, heads=12), **overrides})
+    PRESETS = {
+        "tiny": dict(patch_size=4, dim=32, depth=2, heads=2, mlp_ratio=2.0),
+        "small": dict(patch_size=16, dim=384, depth=12, heads=6),
+        "base": dict(patch_size=16, dim=768, depth=12, heads=12),
+    }
 
 
 class FocusPrediction(NamedTuple):
@@ -113,11 +110,13 @@ def _check_inputs(image, depth, exif, channels, patch):
     check_exif_tensor(exif, "exif", batch=image.shape[0])
 
 
-class FocusDistanceTransformer(nn.Module):
+class FocusDistanceTransformer(LensBlurModel):
     """Predict a focus distance and a depth scale from an image, its depth and the EXIF.
 
     Args:
-        config: a :class:`FocusDistanceConfig` (``tiny()``, ``small()``, ``base()``).
+        patch_size, dim, depth, heads, mlp_ratio, in_channels, exif_freqs, max_depth_scale: see
+            :class:`FocusDistanceConfig`; ``FocusDistanceTransformer.from_config(
+            FocusDistanceConfig.tiny())`` builds a preset.
 
     Shapes:
         ``image`` ``(B, C, H, W)`` (non-negative; linear or display encoded), ``depth``
@@ -126,7 +125,7 @@ class FocusDistanceTransformer(nn.Module):
         tensors.
 
     Example:
-        >>> fdt = FocusDistanceTransformer(FocusDistanceConfig.tiny())
+        >>> fdt = FocusDistanceTransformer.from_config(FocusDistanceConfig.tiny())
         >>> depth = torch.linspace(1.0, 4.0, 64).view(1, 1, 8, 8)
         >>> pred = fdt(torch.rand(1, 3, 8, 8), depth, torch.tensor([[50.0, 2.0, 36.0]]))
         >>> round(float(pred.focus_distance_m.detach()), 3)   # zero-initialised head: sqrt(1 * 4)
@@ -135,22 +134,22 @@ class FocusDistanceTransformer(nn.Module):
 
     config_class = FocusDistanceConfig
 
-    def __init__(self, config: Optional[FocusDistanceConfig] = None):
+    @register_to_config
+    def __init__(self, patch_size: int = 16, dim: int = 384, depth: int = 6, heads: int = 6,
+                 mlp_ratio: float = 4.0, in_channels: int = 3, exif_freqs: int = 6,
+                 max_depth_scale: float = 10.0):
         super().__init__()
-        config = config or FocusDistanceConfig()
-        if not isinstance(config, FocusDistanceConfig):
-            raise TypeError(f"`config` must be a FocusDistanceConfig, got {type(config).__name__}")
-        if not config.max_depth_scale > 1.0:
-            raise LensBlurError(f"`max_depth_scale` must be > 1, got {config.max_depth_scale}")
-        self.config = config
-        self.patch_embed = PatchEmbed(config.image_channels + 1, config.dim, config.patch)
-        self.exif_embed = ExifEmbedder(config.dim, num_freqs=config.exif_freqs)
-        self.focus_token = nn.Parameter(torch.zeros(1, 1, config.dim))
-        self.exif_type = nn.Parameter(torch.zeros(1, 1, config.dim))
+        check_transformer_args(in_channels=in_channels, patch_size=patch_size, dim=dim, depth=depth, heads=heads)
+        if not max_depth_scale > 1.0:
+            raise LensBlurError(f"`max_depth_scale` must be > 1, got {max_depth_scale}")
+        self.patch_embed = PatchEmbed(in_channels + 1, dim, patch_size)
+        self.exif_embed = ExifEmbedder(dim, num_freqs=exif_freqs)
+        self.focus_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.exif_type = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.normal_(self.focus_token, std=0.02)
         nn.init.normal_(self.exif_type, std=0.02)
-        self.blocks = TokenTransformer(config.dim, config.depth, config.heads, config.mlp_ratio)
-        self.head = nn.Linear(config.dim, 2)
+        self.blocks = TokenTransformer(dim, depth, heads, mlp_ratio)
+        self.head = nn.Linear(dim, 2)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
@@ -172,7 +171,7 @@ class FocusDistanceTransformer(nn.Module):
 
     def forward(self, image: torch.Tensor, depth: torch.Tensor, exif: torch.Tensor) -> FocusPrediction:
         cfg = self.config
-        _check_inputs(image, depth, exif, cfg.image_channels, cfg.patch)
+        _check_inputs(image, depth, exif, cfg.in_channels, cfg.patch_size)
         x = self.prepare_inputs(image, depth)
         tokens, (gh, gw) = self.patch_embed(x)
         tokens = tokens + sincos_pos_embed_2d(gh, gw, cfg.dim, device=x.device, dtype=tokens.dtype)
@@ -188,15 +187,6 @@ class FocusDistanceTransformer(nn.Module):
         focus = scale * torch.exp(log_focus)
         return FocusPrediction(focus, scale, t)
 
-    def save_pretrained(self, path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` to the directory ``path``."""
-        save_pretrained(self, self.config, path)
-
-    @classmethod
-    def from_pretrained(cls, path) -> "FocusDistanceTransformer":
-        """Load a model written by :meth:`save_pretrained`."""
-        return load_pretrained(cls, path)
-
     @classmethod
     def from_timm(cls, model_name: str, pretrained: bool = True, **overrides) -> "FocusDistanceTransformer":
         """Build an FDT whose patch embedding and blocks start from a ``timm`` ViT.
@@ -211,10 +201,10 @@ class FocusDistanceTransformer(nn.Module):
                               "(pip install timm)") from None
         vit = timm.create_model(model_name, pretrained=pretrained)
         blocks = list(vit.blocks)
-        cfg = FocusDistanceConfig(patch=int(vit.patch_embed.proj.kernel_size[0]), dim=int(vit.embed_dim),
+        cfg = FocusDistanceConfig(patch_size=int(vit.patch_embed.proj.kernel_size[0]), dim=int(vit.embed_dim),
                                   depth=len(blocks), heads=int(blocks[0].attn.num_heads),
                                   mlp_ratio=blocks[0].mlp.fc1.out_features / vit.embed_dim, **overrides)
-        model = cls(cfg)
+        model = cls.from_config(cfg)
         load_vit_weights(model, vit)
         return model
 

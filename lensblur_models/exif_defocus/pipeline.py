@@ -39,9 +39,7 @@ sweeps for :func:`lensblur_models.blur_monotonicity`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -51,6 +49,7 @@ from torch import nn
 import lensblur
 from lensblur import LensBlur, LensBlurError, ThinLens
 
+from ..common.pipeline import PipelineMixin
 from ..exif import check_exif_tensor
 from ..metrics import laplacian_sharpness
 from .fdt import FocusDistanceConfig, FocusDistanceTransformer
@@ -112,7 +111,8 @@ class ExifDefocusConfig:
 
 @dataclass
 class ExifDefocusOutput:
-    """Result of :class:`ExifDefocusPipeline` (tensors keep their autograd graph).
+    """Result of :class:`ExifDefocusPipeline` (``forward`` keeps the autograd graph; ``pipe(...)``
+    runs under ``torch.no_grad()``).
 
     Attributes:
         image: ``(B, C, H, W)`` defocused photo.
@@ -171,7 +171,7 @@ def _charbonnier_pyramid(pred: torch.Tensor, target: torch.Tensor, levels: int, 
     return loss
 
 
-class ExifDefocusPipeline(nn.Module):
+class ExifDefocusPipeline(PipelineMixin, nn.Module):
     """Generator -> depth -> :class:`FocusDistanceTransformer` -> lens blur, trainable end to end.
 
     Args:
@@ -181,7 +181,8 @@ class ExifDefocusPipeline(nn.Module):
             :class:`~lensblur_models.exif_defocus.DiffusersGenerator`; ``None``: AIF images are
             passed in (refocusing real all-in-focus images).
         depth_model: optional module ``(B, 3, H, W) -> (B, 1, H, W)`` positive depth, e.g.
-            :class:`~lensblur_models.exif_defocus.TransformersDepth`; ``None``: depth is passed in.
+            :class:`~lensblur_models.common.DepthEstimator` (``output="relative"`` or ``"metric"``);
+            ``None``: depth is passed in.
         fdt: an existing FDT (default: a fresh one of ``config.fdt``).
         aperture: bokeh shape (``None`` = disk).
 
@@ -210,12 +211,23 @@ class ExifDefocusPipeline(nn.Module):
         if config.loss_levels < 1:
             raise LensBlurError(f"`loss_levels` must be >= 1, got {config.loss_levels}")
         self.config = config
-        self.generator = generator
-        self.depth_model = depth_model
-        self.fdt = fdt if fdt is not None else FocusDistanceTransformer(config.fdt)
+        self.register_components(generator=generator, depth_model=depth_model,
+                                 fdt=fdt if fdt is not None else FocusDistanceTransformer.from_config(config.fdt))
         # holds the renderer configuration; the per-sample sensor width goes through ThinLens
         self.lens_blur = LensBlur(aperture=aperture, method=config.blur_method, gamma=config.gamma,
                                   backend=config.backend)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the FDT's (and the generator's UNet's) blocks in the backward pass."""
+        self.fdt.enable_gradient_checkpointing()
+        if self.generator is not None and hasattr(self.generator, "enable_gradient_checkpointing"):
+            self.generator.enable_gradient_checkpointing()
+
+    def disable_gradient_checkpointing(self) -> None:
+        """Undo :meth:`enable_gradient_checkpointing`."""
+        self.fdt.disable_gradient_checkpointing()
+        if self.generator is not None and hasattr(self.generator, "disable_gradient_checkpointing"):
+            self.generator.disable_gradient_checkpointing()
 
     # ------------------------------------------------------------------ building blocks
     def render(self, aif: torch.Tensor, depth_m: torch.Tensor, exif: torch.Tensor,
@@ -291,6 +303,11 @@ class ExifDefocusPipeline(nn.Module):
         image = self.render(aif, depth_m, exif, focus, n)
         return ExifDefocusOutput(image, aif, depth_m, focus, pred.depth_scale, n, exif[:, 0], exif[:, 2],
                                  pred.focus_position)
+
+    def run(self, *args, **kwargs) -> ExifDefocusOutput:
+        """``pipe(...)``: :meth:`forward` under ``torch.no_grad()`` (inference); training calls
+        :meth:`forward` (or :meth:`training_step`) directly and keeps the autograd graph."""
+        return self.forward(*args, **kwargs)
 
     def refocus(self, output: ExifDefocusOutput, focus_distance_m=None, f_number=None) -> ExifDefocusOutput:
         """Re-render a previous result with a new focus distance and/or f-number (same scene).
@@ -373,49 +390,18 @@ class ExifDefocusPipeline(nn.Module):
         return self.fdt(images, depth, exif).focus_distance_m
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, path) -> Path:
-        """Save config, FDT and any generator / depth adapters to the directory ``path``.
-
-        Layout: ``pipeline.json``, ``fdt/`` (safetensors), ``generator/`` and ``depth/`` in the
-        adapters' own formats (diffusers / transformers) when present.
-        """
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.fdt.save_pretrained(path / "fdt")
-        parts = {}
-        for name, module in (("generator", self.generator), ("depth", self.depth_model)):
-            if module is None:
-                continue
-            if not hasattr(module, "save_pretrained"):
-                raise LensBlurError(f"the {name} ({type(module).__name__}) has no save_pretrained()")
-            module.save_pretrained(path / name)
-            parts[name] = type(module).__name__
-        meta = {"config": dataclasses.asdict(self.config), "parts": parts}
-        with open(path / "pipeline.json", "w") as f:
-            json.dump(meta, f, indent=2)
-        return path
+    @property
+    def _settings(self) -> dict:
+        return {"config": dataclasses.asdict(self.config)}
 
     @classmethod
-    def from_pretrained(cls, path, aperture: Optional[lensblur.Aperture] = None) -> "ExifDefocusPipeline":
-        """Load a pipeline written by :meth:`save_pretrained` (local files only)."""
-        from . import adapters
-
-        path = Path(path)
-        meta_file = path / "pipeline.json"
-        if not meta_file.is_file():
-            raise LensBlurError(f"`path` {str(path)!r} has no pipeline.json")
-        with open(meta_file) as f:
-            meta = json.load(f)
-        config = ExifDefocusConfig.from_dict(meta["config"])
-        fdt = FocusDistanceTransformer.from_pretrained(path / "fdt")
-        modules = {}
-        for name, cls_name in meta.get("parts", {}).items():
-            adapter = getattr(adapters, cls_name, None)
-            if adapter is None:
-                raise LensBlurError(f"unknown {name} adapter {cls_name!r} in {meta_file}")
-            modules[name] = adapter.from_pretrained(path / name)
-        return cls(config, generator=modules.get("generator"), depth_model=modules.get("depth"), fdt=fdt,
-                   aperture=aperture)
+    def from_pretrained(cls, path, **overrides) -> "ExifDefocusPipeline":
+        """Load a pipeline folder written by ``save_pretrained`` (``pipeline.json``, ``fdt/``,
+        ``generator/``, ``depth_model/``; local files only); ``overrides`` (``aperture=`` ...)
+        go to the constructor."""
+        comps, settings = cls.load_components(path)
+        config = ExifDefocusConfig.from_dict(settings.get("config", {}))
+        return cls(config, **{**comps, **overrides})
 
 
 def log_focus_error(pred_focus_m: torch.Tensor, true_focus_m: torch.Tensor) -> float:

@@ -29,7 +29,7 @@ import lensblur
 from lensblur import Aperture, LensBlurError, ThinLens
 
 from ..defocus_map import blur_strength_from_lens, defocus_map
-from ._checks import check_int
+from ..common.checks import check_int
 
 __all__ = ["DEFAULT_RENDER_METHOD", "random_aperture", "random_scene", "random_lens", "RefocusData"]
 

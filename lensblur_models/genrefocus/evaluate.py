@@ -21,7 +21,7 @@ import torch
 from lensblur import LensBlurError, ThinLens
 
 from ..defocus_map import blur_strength_from_lens
-from ._checks import check_pair, check_tensor4
+from ..common.checks import check_pair, check_tensor4
 from .data import RefocusData, random_aperture, random_scene
 from .pipeline import refocus
 

@@ -33,8 +33,7 @@ patch and cropped back).
 from __future__ import annotations
 
 import dataclasses
-import os
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +41,10 @@ from torch import nn
 
 from lensblur import Aperture, LensBlurError
 
+from diffusers.configuration_utils import register_to_config
+
 from .. import nn as lbnn
-from ._checks import check_int, check_pair, check_tensor4
+from ..common import LensBlurModel, ModelConfig, check_int, check_pair, check_tensor4, check_transformer_args
 from .tokens import aperture_tokens
 
 __all__ = ["DeblurNetConfig", "BokehNetConfig", "DeblurNet", "BokehNet", "ApertureEncoder", "bridge_loss",
@@ -51,20 +52,23 @@ __all__ = ["DeblurNetConfig", "BokehNetConfig", "DeblurNet", "BokehNet", "Apertu
 
 
 @dataclasses.dataclass
-class DeblurNetConfig:
-    """Configuration of :class:`DeblurNet`.
+class DeblurNetConfig(ModelConfig):
+    """Architecture of :class:`DeblurNet` (the constructor's arguments).
 
     Attributes:
-        channels: image channels.  patch: token patch side (pixels).  dim, depth, heads,
+        in_channels: image channels.  patch_size: token patch side (pixels).  dim, depth, heads,
         mlp_ratio: transformer width, blocks, attention heads, MLP ratio.
         bridge_noise: :math:`\\sigma` of the training bridge (0 = deterministic bridge).
         head_channels: width of the convolutional pixel decoder that turns the state tokens
             (unpatchified to full resolution) plus the state and condition images into the
             velocity; 0 = a plain linear patch head.
+
+    Presets: ``tiny()`` (about 70 k parameters: CPU tests and the example run), ``small()``
+    (ViT-S/8 width, 6 blocks), ``base()`` (DiT-S sized, about 22 M parameters, for GPUs).
     """
 
-    channels: int = 3
-    patch: int = 4
+    in_channels: int = 3
+    patch_size: int = 4
     dim: int = 64
     depth: int = 2
     heads: int = 4
@@ -72,20 +76,17 @@ class DeblurNetConfig:
     bridge_noise: float = 0.0
     head_channels: int = 16
 
-    @classmethod
-    def tiny(cls) -> "DeblurNetConfig":
-        """About 70 k parameters: CPU tests and the example training run."""
-        return cls(patch=4, dim=32, depth=2, heads=2, mlp_ratio=2.0)
-
-    @classmethod
-    def base(cls) -> "DeblurNetConfig":
-        """DiT-S-sized (about 22 M parameters with ``patch=8``), for GPU training."""
-        return cls(patch=8, dim=384, depth=12, heads=6, mlp_ratio=4.0, bridge_noise=0.05, head_channels=32)
+    PRESETS = {
+        "tiny": dict(patch_size=4, dim=32, depth=2, heads=2, mlp_ratio=2.0),
+        "small": dict(patch_size=8, dim=384, depth=6, heads=6, bridge_noise=0.05, head_channels=32),
+        "base": dict(patch_size=8, dim=384, depth=12, heads=6, mlp_ratio=4.0, bridge_noise=0.05,
+                     head_channels=32),
+    }
 
 
 @dataclasses.dataclass
 class BokehNetConfig(DeblurNetConfig):
-    """Configuration of :class:`BokehNet` (adds the defocus-map and aperture-token settings).
+    """Architecture of :class:`BokehNet` (adds the defocus-map and aperture-token settings).
 
     Attributes:
         max_coc_px: defocus maps are divided by this before embedding (pixels).
@@ -96,27 +97,13 @@ class BokehNetConfig(DeblurNetConfig):
     aperture_size: int = 16
     aperture_patch: int = 4
 
-    @classmethod
-    def tiny(cls) -> "BokehNetConfig":
-        return cls(patch=4, dim=32, depth=2, heads=2, mlp_ratio=2.0, max_coc_px=8.0)
-
-    @classmethod
-    def base(cls) -> "BokehNetConfig":
-        return cls(patch=8, dim=384, depth=12, heads=6, mlp_ratio=4.0, bridge_noise=0.05, head_channels=32,
-                   max_coc_px=48.0, aperture_size=32, aperture_patch=8)
-
-
-def _check_config(cfg, cls) -> None:
-    if not isinstance(cfg, cls):
-        raise TypeError(f"`config` must be a {cls.__name__}, got {type(cfg).__name__}")
-    for name in ("channels", "patch", "dim", "depth", "heads"):
-        check_int(getattr(cfg, name), f"config.{name}")
-    if cfg.dim % 4 or cfg.dim % cfg.heads:
-        raise LensBlurError(f"`config.dim` ({cfg.dim}) must be a multiple of 4 and of `config.heads`")
-    if isinstance(cfg.head_channels, bool) or not isinstance(cfg.head_channels, int) or cfg.head_channels < 0:
-        raise LensBlurError(f"`config.head_channels` must be an int >= 0, got {cfg.head_channels!r}")
-    if not cfg.bridge_noise >= 0:
-        raise LensBlurError(f"`config.bridge_noise` must be >= 0, got {cfg.bridge_noise}")
+    PRESETS = {
+        "tiny": dict(patch_size=4, dim=32, depth=2, heads=2, mlp_ratio=2.0, max_coc_px=8.0),
+        "small": dict(patch_size=8, dim=384, depth=6, heads=6, bridge_noise=0.05, head_channels=32,
+                      max_coc_px=32.0, aperture_size=32, aperture_patch=8),
+        "base": dict(patch_size=8, dim=384, depth=12, heads=6, mlp_ratio=4.0, bridge_noise=0.05,
+                     head_channels=32, max_coc_px=48.0, aperture_size=32, aperture_patch=8),
+    }
 
 
 def _time(t, like: torch.Tensor) -> torch.Tensor:
@@ -164,26 +151,29 @@ class ApertureEncoder(nn.Module):
         return self.proj(tok) + self.pos
 
 
-class _BridgeTransformer(nn.Module):
+class _BridgeTransformer(LensBlurModel):
     """Shared machinery: state/condition tokens, transformer, zero-initialised pixel head."""
 
     config_class = DeblurNetConfig
 
-    def __init__(self, config) -> None:
+    def __init__(self, in_channels: int, patch_size: int, dim: int, depth: int, heads: int, mlp_ratio: float,
+                 bridge_noise: float, head_channels: int, cond_channels: Sequence[int]) -> None:
         super().__init__()
-        _check_config(config, self.config_class)
-        self.config = config
-        c, p, d = config.channels, config.patch, config.dim
+        check_transformer_args(in_channels=in_channels, patch_size=patch_size, dim=dim, depth=depth, heads=heads)
+        check_int(head_channels, "head_channels", minimum=0)
+        if not bridge_noise >= 0:
+            raise LensBlurError(f"`bridge_noise` must be >= 0, got {bridge_noise}")
+        c, p, d = in_channels, patch_size, dim
         self.state_embed = lbnn.PatchEmbed(c, d, p)
-        self.cond_embeds = nn.ModuleList(lbnn.PatchEmbed(ch, d, p) for ch in self._cond_channels())
+        self.cond_embeds = nn.ModuleList(lbnn.PatchEmbed(ch, d, p) for ch in cond_channels)
         self.type_embed = nn.Parameter(torch.randn(1 + len(self.cond_embeds) + 1, d) * 0.02)
         self.time_embed = lbnn.TimestepEmbedder(d)
-        self.transformer = lbnn.TokenTransformer(d, config.depth, config.heads, config.mlp_ratio)
-        hc = config.head_channels
+        self.transformer = lbnn.TokenTransformer(d, depth, heads, mlp_ratio)
+        hc = head_channels
         if hc > 0:
             # pixel decoder: token features at full resolution + the state and conditions -> velocity
             self.head = nn.Linear(d, p * p * hc)
-            in_ch = hc + c + sum(self._cond_channels())
+            in_ch = hc + c + sum(cond_channels)
             self.refine = nn.Sequential(nn.Conv2d(in_ch, 2 * hc, 3, padding=1), nn.GELU(),
                                         nn.Conv2d(2 * hc, 2 * hc, 3, padding=1), nn.GELU(),
                                         nn.Conv2d(2 * hc, c, 3, padding=1))
@@ -195,12 +185,10 @@ class _BridgeTransformer(nn.Module):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 
-    def _cond_channels(self) -> Sequence[int]:
-        return (self.config.channels,)
 
     # -- helpers -------------------------------------------------------------------------
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.config.patch
+        p = self.config.patch_size
         h, w = x.shape[-2:]
         ph, pw = (-h) % p, (-w) % p
         if ph == 0 and pw == 0:
@@ -225,9 +213,9 @@ class _BridgeTransformer(nn.Module):
         cond_vec = self.time_embed(t)
         out = self.transformer(torch.cat(seq, dim=1), cond_vec)[:, : gh * gw]
         if self.refine is None:
-            v = lbnn.unpatchify(self.head(out), self.config.patch, self.config.channels, gh, gw)
+            v = lbnn.unpatchify(self.head(out), self.config.patch_size, self.config.in_channels, gh, gw)
         else:
-            feat = lbnn.unpatchify(self.head(out), self.config.patch, self.config.head_channels, gh, gw)
+            feat = lbnn.unpatchify(self.head(out), self.config.patch_size, self.config.head_channels, gh, gw)
             v = self.refine(torch.cat([feat, state_p, *conds_p], dim=1))
         return v[..., :h, :w]
 
@@ -237,16 +225,6 @@ class _BridgeTransformer(nn.Module):
     def _bridge_loss(self, source, target, velocity_fn, t=None, generator=None) -> torch.Tensor:
         return bridge_matching_loss(source, target, velocity_fn, self.config.bridge_noise, t, generator)
 
-    # -- persistence -----------------------------------------------------------------------
-    def save_pretrained(self, path: Union[str, os.PathLike]):
-        """Write ``config.json`` + ``model.safetensors`` to the directory ``path``."""
-        return lbnn.save_pretrained(self, self.config, path)
-
-    @classmethod
-    def from_pretrained(cls, path: Union[str, os.PathLike], map_location: Optional[str] = "cpu"):
-        """Load a network written by :meth:`save_pretrained` (a local directory; no download)."""
-        return lbnn.load_pretrained(cls, path, map_location=map_location)
-
 
 class DeblurNet(_BridgeTransformer):
     """Recover the all-in-focus image from a defocused photo.
@@ -254,7 +232,7 @@ class DeblurNet(_BridgeTransformer):
     Shapes: ``image`` ``(B, C, H, W)`` -> AIF ``(B, C, H, W)`` (same encoding as training data).
 
     Example:
-        >>> net = DeblurNet(DeblurNetConfig.tiny())
+        >>> net = DeblurNet.from_config(DeblurNetConfig.tiny())
         >>> img = torch.rand(1, 3, 12, 16)
         >>> torch.equal(net(img), img)   # zero-initialised head: identity before training
         True
@@ -262,12 +240,18 @@ class DeblurNet(_BridgeTransformer):
 
     config_class = DeblurNetConfig
 
+    @register_to_config
+    def __init__(self, in_channels: int = 3, patch_size: int = 4, dim: int = 64, depth: int = 2, heads: int = 4,
+                 mlp_ratio: float = 4.0, bridge_noise: float = 0.0, head_channels: int = 16) -> None:
+        super().__init__(in_channels, patch_size, dim, depth, heads, mlp_ratio, bridge_noise, head_channels,
+                         cond_channels=(in_channels,))
+
     def velocity(self, state: torch.Tensor, t, image: torch.Tensor) -> torch.Tensor:
         """Bridge velocity at ``state`` (``(B, C, H, W)``), time ``t`` (float or ``(B,)``)."""
         return self._velocity(state, _time(t, state), [image])
 
     def _check(self, image):
-        check_tensor4(image, "image", self.config.channels)
+        check_tensor4(image, "image", self.config.in_channels)
 
     def forward(self, image: torch.Tensor, steps: int = 1) -> torch.Tensor:
         """Deblur ``image`` with ``steps`` Euler steps of the bridge."""
@@ -278,7 +262,7 @@ class DeblurNet(_BridgeTransformer):
              generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Bridge-matching loss for ``(defocused, AIF)`` pairs; ``t`` random in [0, 1) if None."""
         self._check(defocused)
-        check_tensor4(sharp, "sharp", self.config.channels)
+        check_tensor4(sharp, "sharp", self.config.in_channels)
         check_pair(defocused, sharp, "defocused", "sharp")
         return self._bridge_loss(defocused, sharp, lambda x, tt: self.velocity(x, tt, defocused), t, generator)
 
@@ -295,7 +279,7 @@ class BokehNet(_BridgeTransformer):
     -> ``(B, C, H, W)``.
 
     Example:
-        >>> net = BokehNet(BokehNetConfig.tiny())
+        >>> net = BokehNet.from_config(BokehNetConfig.tiny())
         >>> aif, dmap = torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8) * 4
         >>> net(aif, dmap, Aperture.polygon(6)).shape
         torch.Size([2, 3, 8, 8])
@@ -303,16 +287,19 @@ class BokehNet(_BridgeTransformer):
 
     config_class = BokehNetConfig
 
-    def __init__(self, config: BokehNetConfig) -> None:
-        super().__init__(config)
-        if config.aperture_size % config.aperture_patch:
-            raise LensBlurError("`config.aperture_size` must be a multiple of `config.aperture_patch`")
-        if not config.max_coc_px > 0:
-            raise LensBlurError(f"`config.max_coc_px` must be > 0, got {config.max_coc_px}")
-        self.aperture_encoder = ApertureEncoder(config.aperture_size, config.aperture_patch, config.dim)
-
-    def _cond_channels(self) -> Sequence[int]:
-        return (self.config.channels, 1)
+    @register_to_config
+    def __init__(self, in_channels: int = 3, patch_size: int = 4, dim: int = 64, depth: int = 2, heads: int = 4,
+                 mlp_ratio: float = 4.0, bridge_noise: float = 0.0, head_channels: int = 16,
+                 max_coc_px: float = 16.0, aperture_size: int = 16, aperture_patch: int = 4) -> None:
+        check_int(aperture_size, "aperture_size")
+        check_int(aperture_patch, "aperture_patch")
+        if aperture_size % aperture_patch:
+            raise LensBlurError("`aperture_size` must be a multiple of `aperture_patch`")
+        if not max_coc_px > 0:
+            raise LensBlurError(f"`max_coc_px` must be > 0, got {max_coc_px}")
+        super().__init__(in_channels, patch_size, dim, depth, heads, mlp_ratio, bridge_noise, head_channels,
+                         cond_channels=(in_channels, 1))
+        self.aperture_encoder = ApertureEncoder(aperture_size, aperture_patch, dim)
 
     def velocity(self, state, t, aif, defocus_map, aperture=None) -> torch.Tensor:
         """Bridge velocity at ``state`` given the AIF, defocus map and aperture."""
@@ -321,7 +308,7 @@ class BokehNet(_BridgeTransformer):
         return self._velocity(state, _time(t, state), [aif, dnorm], extra_tokens=ap)
 
     def _check(self, aif, defocus_map, aperture):
-        check_tensor4(aif, "aif", self.config.channels)
+        check_tensor4(aif, "aif", self.config.in_channels)
         check_tensor4(defocus_map, "defocus_map", 1, nonnegative=True)
         check_pair(aif, defocus_map, "aif", "defocus_map")
         if isinstance(aperture, (list, tuple)) and len(aperture) != aif.shape[0]:
@@ -338,7 +325,7 @@ class BokehNet(_BridgeTransformer):
              generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Bridge-matching loss for ``(AIF, defocus map, aperture, target)`` quadruples."""
         self._check(aif, defocus_map, aperture)
-        check_tensor4(target, "target", self.config.channels)
+        check_tensor4(target, "target", self.config.in_channels)
         check_pair(aif, target, "aif", "target")
         return self._bridge_loss(aif, target, lambda x, tt: self.velocity(x, tt, aif, defocus_map, aperture),
                                  t, generator)

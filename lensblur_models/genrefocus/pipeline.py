@@ -25,7 +25,8 @@ import lensblur
 from lensblur import Aperture, LensBlurError
 
 from ..defocus_map import defocus_map, focus_disparity_at
-from ._checks import check_pair, check_tensor4
+from ..common.checks import check_pair, check_tensor4
+from ..common.pipeline import PipelineMixin
 
 __all__ = ["PhysicalBokeh", "refocus", "RefocusOutput", "RefocusPipeline"]
 
@@ -136,12 +137,20 @@ def refocus(image: torch.Tensor, focus_xy, K, aperture: ApertureArg = None, *,
     return out
 
 
-class RefocusPipeline:
+class RefocusPipeline(PipelineMixin):
     """The components of :func:`refocus` held together: ``pipe(image, focus_xy, K, aperture)``.
+
+    Components: ``depth_estimator`` (e.g. :class:`~lensblur_models.common.DepthEstimator` with
+    ``output="disparity"``, or any callable), ``deblur`` (:class:`DeblurNet` or ``None``),
+    ``bokeh`` (:class:`BokehNet` or ``None`` = :class:`PhysicalBokeh`); settings ``max_px`` and
+    ``focus_window``.  ``pipe(...)`` runs under ``torch.no_grad()`` and returns a
+    :class:`RefocusOutput`.  ``save_pretrained(dir)`` writes one folder (``pipeline.json``,
+    ``deblur/``, ``bokeh/``, ``depth_estimator/``); a plain callable depth estimator is passed
+    again to ``from_pretrained(dir, depth_estimator=...)``.
 
     Example:
         >>> pipe = RefocusPipeline(depth_estimator=lambda aif: torch.ones_like(aif[:, :1]))
-        >>> pipe(torch.rand(1, 3, 8, 8), (2, 2), 4.0).shape
+        >>> pipe(torch.rand(1, 3, 8, 8), (2, 2), 4.0).image.shape
         torch.Size([1, 3, 8, 8])
     """
 
@@ -149,19 +158,22 @@ class RefocusPipeline:
                  bokeh: Optional[Callable] = None, max_px=None, focus_window: int = 3) -> None:
         if not callable(depth_estimator):
             raise TypeError(f"`depth_estimator` must be callable, got {type(depth_estimator).__name__}")
-        self.depth_estimator, self.deblur, self.bokeh = depth_estimator, deblur, bokeh
+        self.register_components(depth_estimator=depth_estimator, deblur=deblur, bokeh=bokeh)
         self.max_px, self.focus_window = max_px, focus_window
+        self._settings = {"max_px": max_px if not isinstance(max_px, torch.Tensor) else float(max_px),
+                          "focus_window": focus_window}
 
     @classmethod
-    def from_pretrained(cls, deblur_path, bokeh_path, depth_estimator: Callable, **kwargs) -> "RefocusPipeline":
-        """Load a trained :class:`DeblurNet` and :class:`BokehNet` from local directories."""
-        from .models import BokehNet, DeblurNet
-        deblur = DeblurNet.from_pretrained(deblur_path).eval() if deblur_path is not None else None
-        bokeh = BokehNet.from_pretrained(bokeh_path).eval() if bokeh_path is not None else None
-        return cls(depth_estimator, deblur, bokeh, **kwargs)
+    def from_pretrained(cls, path, **overrides) -> "RefocusPipeline":
+        """Load a pipeline folder written by :meth:`save_pretrained` (networks in eval mode)."""
+        pipe = super().from_pretrained(path, **overrides)
+        for comp in (pipe.deblur, pipe.bokeh):
+            if isinstance(comp, torch.nn.Module):
+                comp.eval()
+        return pipe
 
-    def __call__(self, image: torch.Tensor, focus_xy, K, aperture: ApertureArg = None, *,
-                 return_intermediates: bool = False):
+    def run(self, image: torch.Tensor, focus_xy, K, aperture: ApertureArg = None) -> RefocusOutput:
+        """See :func:`refocus` (always returns the :class:`RefocusOutput`)."""
         return refocus(image, focus_xy, K, aperture, depth_estimator=self.depth_estimator,
                        deblur=self.deblur, bokeh=self.bokeh, max_px=self.max_px,
-                       focus_window=self.focus_window, return_intermediates=return_intermediates)
+                       focus_window=self.focus_window, return_intermediates=True)

@@ -10,12 +10,13 @@ bokeh level ``b``.
 * :mod:`.training` — flow-matching + stacking loss, depth dropout.
 * :mod:`.pipeline` — the sampler :func:`refocus`.
 * :mod:`.flux` — the same conditioning on a ``diffusers`` FLUX transformer with LoRA.
-* :mod:`.train` — the training command (single process or ``torchrun`` DDP).
+* :mod:`.train` — the training command, a task of the shared Accelerate loop (one process,
+  ``accelerate launch`` DDP or FSDP).
 """
 
 from .codec import AutoencoderKLCodec, IdentityCodec, LatentCodec
 from .model import RefocusDiT, RefocusDiTConfig, normalized_disparity
-from .pipeline import RefocusDiTPipeline, refocus
+from .pipeline import RefocusDiTOutput, RefocusDiTPipeline, refocus
 from .simulate import (DEFAULT_RENDER_METHOD, RefocusBatch, SimulationConfig, focus_depth_at,
                        lens_for_condition, multi_focus_render, render_condition, render_signed_coc,
                        sample_conditions, simulate_batch)
@@ -24,9 +25,16 @@ from .training import TrainConfig, flow_matching_inputs, stacking_loss, training
 __all__ = [
     "AutoencoderKLCodec", "IdentityCodec", "LatentCodec",
     "RefocusDiT", "RefocusDiTConfig", "normalized_disparity",
-    "RefocusDiTPipeline", "refocus",
+    "RefocusDiTOutput", "RefocusDiTPipeline", "refocus",
     "DEFAULT_RENDER_METHOD", "RefocusBatch", "SimulationConfig", "focus_depth_at",
     "lens_for_condition", "multi_focus_render", "render_condition", "render_signed_coc",
     "sample_conditions", "simulate_batch",
-    "TrainConfig", "flow_matching_inputs", "stacking_loss", "training_step",
+    "TrainConfig", "flow_matching_inputs", "stacking_loss", "training_step", "FluxRefocusDiT",
 ]
+
+
+def __getattr__(name):  # the FLUX adapter imports peft: only on demand
+    if name == "FluxRefocusDiT":
+        from .flux import FluxRefocusDiT
+        return FluxRefocusDiT
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -80,6 +80,23 @@ class IdentityCodec(LatentCodec):
         self.check_image(image)
         return (image - self.shift) * self.scale
 
+    def save_pretrained(self, path) -> None:
+        """Write the settings to ``path/codec.json``."""
+        import json
+        from pathlib import Path
+
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "codec.json").write_text(json.dumps(
+            {"channels": self.channels, "shift": self.shift, "scale": self.scale}))
+
+    @classmethod
+    def from_pretrained(cls, path) -> "IdentityCodec":
+        """Read a codec written by :meth:`save_pretrained`."""
+        import json
+        from pathlib import Path
+
+        return cls(**json.loads((Path(path) / "codec.json").read_text()))
+
     def decode(self, latent):
         return latent / self.scale + self.shift
 
@@ -120,6 +137,10 @@ class AutoencoderKLCodec(LatentCodec):
 
         vae = AutoencoderKL.from_pretrained(os.fspath(path), subfolder=subfolder, **kwargs)
         return cls(vae, sample=sample)
+
+    def save_pretrained(self, path) -> None:
+        """Write the VAE (diffusers format); ``sample`` is not saved (posterior mean on load)."""
+        self.vae.save_pretrained(os.fspath(path))
 
     def train(self, mode: bool = True):  # the VAE stays frozen in eval mode
         super().train(mode)

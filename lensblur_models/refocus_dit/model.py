@@ -21,7 +21,7 @@ The depth map enters as normalised disparity: ``1 / depth`` mapped per sample to
 
 Example:
     >>> import torch
-    >>> model = RefocusDiT(RefocusDiTConfig.tiny())
+    >>> model = RefocusDiT.from_config(RefocusDiTConfig.tiny())
     >>> x = torch.randn(2, 3, 16, 16)
     >>> v = model(x, torch.rand(2), x, torch.rand(2, 3), depth=torch.rand(2, 1, 16, 16) + 1)
     >>> v.shape
@@ -39,24 +39,29 @@ from torch import nn
 
 from lensblur import LensBlurError
 
-from ..nn import (PatchEmbed, ScalarEmbedder, TimestepEmbedder, TokenTransformer, load_pretrained,
-                  save_pretrained, sincos_pos_embed_2d, unpatchify)
+from diffusers.configuration_utils import register_to_config
+
+from ..common import LensBlurModel, ModelConfig, check_transformer_args
+from ..nn import PatchEmbed, ScalarEmbedder, TimestepEmbedder, TokenTransformer, sincos_pos_embed_2d, unpatchify
 
 __all__ = ["RefocusDiTConfig", "RefocusDiT", "normalized_disparity"]
 
 
 @dataclass
-class RefocusDiTConfig:
-    """Architecture of :class:`RefocusDiT`.
+class RefocusDiTConfig(ModelConfig):
+    """Architecture of :class:`RefocusDiT` (the constructor's arguments).
 
     Attributes:
-        latent_channels: channels of the codec latent (3 for pixel space, 16 for the FLUX VAE).
+        in_channels: channels of the codec latent (3 for pixel space, 16 for the FLUX VAE).
         patch_size: latent pixels per token side.
         dim, depth, heads, mlp_ratio: transformer width, blocks, attention heads, MLP ratio.
         cond_freqs: Fourier frequencies of the ``(x, y, b)`` embedding.
+
+    Presets: ``tiny()`` (~0.2 M parameters, pixel space), ``small()`` (DiT-S/2, ~33 M, 16-channel
+    latents), ``base()`` (DiT-B/2, ~130 M).
     """
 
-    latent_channels: int = 3
+    in_channels: int = 3
     patch_size: int = 2
     dim: int = 64
     depth: int = 2
@@ -64,20 +69,11 @@ class RefocusDiTConfig:
     mlp_ratio: float = 4.0
     cond_freqs: int = 8
 
-    @classmethod
-    def tiny(cls, latent_channels: int = 3) -> "RefocusDiTConfig":
-        """~0.2 M parameters: CPU tests and demos."""
-        return cls(latent_channels=latent_channels, patch_size=2, dim=64, depth=2, heads=4)
-
-    @classmethod
-    def small(cls, latent_channels: int = 16) -> "RefocusDiTConfig":
-        """DiT-S/2 sized (~33 M parameters)."""
-        return cls(latent_channels=latent_channels, patch_size=2, dim=384, depth=12, heads=6)
-
-    @classmethod
-    def base(cls, latent_channels: int = 16) -> "RefocusDiTConfig":
-        """DiT-B/2 sized (~130 M parameters), for VAE latents on a GPU."""
-        return cls(latent_channels=latent_channels, patch_size=2, dim=768, depth=12, heads=12)
+    PRESETS = {
+        "tiny": dict(in_channels=3, patch_size=2, dim=64, depth=2, heads=4),
+        "small": dict(in_channels=16, patch_size=2, dim=384, depth=12, heads=6),
+        "base": dict(in_channels=16, patch_size=2, dim=768, depth=12, heads=12),
+    }
 
 
 def normalized_disparity(depth: torch.Tensor) -> torch.Tensor:
@@ -94,11 +90,13 @@ def normalized_disparity(depth: torch.Tensor) -> torch.Tensor:
     return (2 * (disp - lo) / (hi - lo).clamp_min(1e-12) - 1) * (hi > lo)
 
 
-class RefocusDiT(nn.Module):
+class RefocusDiT(LensBlurModel):
     """Refocusing diffusion transformer (see the module docstring).
 
     Args:
-        config: a :class:`RefocusDiTConfig`.
+        in_channels, patch_size, dim, depth, heads, mlp_ratio, cond_freqs: see
+            :class:`RefocusDiTConfig`; ``RefocusDiT.from_config(RefocusDiTConfig.tiny())`` builds
+            a preset.
 
     Forward shapes:
         ``x_t`` ``(B, c, h, w)`` noisy target latent, ``t`` ``(B,)`` flow time in ``[0, 1]``,
@@ -109,14 +107,13 @@ class RefocusDiT(nn.Module):
 
     config_class = RefocusDiTConfig
 
-    def __init__(self, config: RefocusDiTConfig):
+    @register_to_config
+    def __init__(self, in_channels: int = 3, patch_size: int = 2, dim: int = 64, depth: int = 2,
+                 heads: int = 4, mlp_ratio: float = 4.0, cond_freqs: int = 8):
         super().__init__()
-        if not isinstance(config, RefocusDiTConfig):
-            raise TypeError(f"`config` must be a RefocusDiTConfig, got {type(config).__name__}")
-        self.config = config
-        c, p, d = config.latent_channels, config.patch_size, config.dim
-        if d % 4:
-            raise LensBlurError(f"`dim` must be a multiple of 4, got {d}")
+        check_transformer_args(in_channels=in_channels, patch_size=patch_size, dim=dim, depth=depth,
+                               heads=heads)
+        c, p, d = in_channels, patch_size, dim
         self.embed_target = PatchEmbed(c, d, p)
         self.embed_reference = PatchEmbed(c, d, p)
         self.embed_depth = PatchEmbed(1, d, p)
@@ -125,8 +122,8 @@ class RefocusDiT(nn.Module):
         self.flag_cond = nn.Embedding(2, d)
         nn.init.zeros_(self.flag_cond.weight)
         self.t_embed = TimestepEmbedder(d)
-        self.c_embed = ScalarEmbedder(3, d, num_freqs=config.cond_freqs, max_freq=32.0)
-        self.transformer = TokenTransformer(d, config.depth, config.heads, config.mlp_ratio)
+        self.c_embed = ScalarEmbedder(3, d, num_freqs=cond_freqs, max_freq=32.0)
+        self.transformer = TokenTransformer(d, depth, heads, mlp_ratio)
         self.head = nn.Linear(d, p * p * c)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -141,7 +138,7 @@ class RefocusDiT(nn.Module):
                 condition: torch.Tensor, depth: Optional[torch.Tensor] = None,
                 depth_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check("x_t", x_t)
-        c, p = self.config.latent_channels, self.config.patch_size
+        c, p = self.config.in_channels, self.config.patch_size
         if x_t.dim() != 4 or x_t.shape[1] != c:
             raise LensBlurError(f"`x_t` must have shape (B, {c}, h, w), got {tuple(x_t.shape)}")
         self._check("reference", reference, x_t)
@@ -181,12 +178,3 @@ class RefocusDiT(nn.Module):
         cond = self.t_embed(t) + self.c_embed(condition) + self.flag_cond(depth_mask.long())
         out = self.transformer(tokens, cond)[:, : gh * gw]
         return unpatchify(self.head(out), p, c, gh, gw)
-
-    def save_pretrained(self, path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` to the directory ``path``."""
-        save_pretrained(self, self.config, path)
-
-    @classmethod
-    def from_pretrained(cls, path) -> "RefocusDiT":
-        """Load a model written by :meth:`save_pretrained`."""
-        return load_pretrained(cls, path)

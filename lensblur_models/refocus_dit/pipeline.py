@@ -7,7 +7,7 @@ none) and ``(x, y, b)``, then decodes the latent.
 Example:
     >>> import torch
     >>> from lensblur_models.refocus_dit import RefocusDiT, RefocusDiTConfig
-    >>> model = RefocusDiT(RefocusDiTConfig.tiny())
+    >>> model = RefocusDiT.from_config(RefocusDiTConfig.tiny())
     >>> img = torch.rand(1, 3, 16, 16)
     >>> out = refocus(model, img, focus_xy=(0.25, 0.5), bokeh_level=0.8, steps=2,
     ...               generator=torch.Generator().manual_seed(0))
@@ -17,15 +17,17 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence, Union
 
 import torch
 
 from lensblur import LensBlurError
 
+from ..common.pipeline import PIPELINE_CONFIG, PipelineMixin
 from .codec import IdentityCodec, LatentCodec
 
-__all__ = ["refocus", "RefocusDiTPipeline"]
+__all__ = ["refocus", "RefocusDiTPipeline", "RefocusDiTOutput"]
 
 
 def _condition(focus_xy, bokeh_level, b: int, device) -> torch.Tensor:
@@ -52,7 +54,7 @@ def refocus(model, image: torch.Tensor, depth: Optional[torch.Tensor] = None,
     """Refocus ``image`` at ``focus_xy`` with bokeh level ``bokeh_level``.
 
     Args:
-        model: a velocity model (:class:`~.model.RefocusDiT`, :class:`~lensblur_models.refocus_dit.flux.FluxRefocusAdapter`).
+        model: a velocity model (:class:`~.model.RefocusDiT`, :class:`~lensblur_models.refocus_dit.flux.FluxRefocusDiT`).
         image: ``(B, C, H, W)`` the image to refocus (the reference).
         depth: optional ``(B, 1, H, W)`` positive depth (any monotone scale); ``None`` uses the
             model's no-depth mode (trained by depth dropout).
@@ -93,25 +95,49 @@ def refocus(model, image: torch.Tensor, depth: Optional[torch.Tensor] = None,
     return codec.decode(x).to(image.dtype)
 
 
-class RefocusDiTPipeline:
-    """A model and its codec: ``RefocusDiTPipeline(model, codec).refocus(image, depth, focus_xy, bokeh_level)``.
+@dataclasses.dataclass
+class RefocusDiTOutput:
+    """Result of :class:`RefocusDiTPipeline`: ``image`` ``(B, C, H, W)``, the refocused image."""
 
-    ``from_pretrained(path)`` loads a :class:`~.model.RefocusDiT` saved with ``save_pretrained``
-    (pixel-space codec unless one is given).
+    image: torch.Tensor
+
+
+class RefocusDiTPipeline(PipelineMixin):
+    """A velocity model and its codec: ``pipe(image, depth, focus_xy, bokeh_level).image``.
+
+    Components: ``model`` (:class:`~.model.RefocusDiT`, or a FLUX adapter in memory) and
+    ``codec`` (``None`` = pixel space, :class:`~.codec.IdentityCodec` or
+    :class:`~.codec.AutoencoderKLCodec`).  ``pipe(...)`` runs :func:`refocus` under
+    ``torch.no_grad()`` and returns a :class:`RefocusDiTOutput`; ``pipe.refocus(...)`` returns
+    the tensor.  ``save_pretrained(dir)`` / ``from_pretrained(dir)`` use one folder
+    (``pipeline.json``, ``model/``, ``codec/``); ``from_pretrained`` also accepts a bare
+    ``RefocusDiT.save_pretrained`` folder (then ``codec`` may be passed).
     """
 
     def __init__(self, model, codec: Optional[LatentCodec] = None):
-        self.model = model
-        self.codec = codec
+        self.register_components(model=model, codec=codec)
 
     @classmethod
-    def from_pretrained(cls, path, codec: Optional[LatentCodec] = None) -> "RefocusDiTPipeline":
+    def from_pretrained(cls, path, codec: Optional[LatentCodec] = None, **overrides) -> "RefocusDiTPipeline":
+        from pathlib import Path
+
         from .model import RefocusDiT
 
-        return cls(RefocusDiT.from_pretrained(path).eval(), codec)
+        if not (Path(path) / PIPELINE_CONFIG).is_file():  # a bare model folder
+            return cls(RefocusDiT.from_pretrained(path).eval(), codec)
+        if codec is not None:
+            overrides["codec"] = codec
+        pipe = super().from_pretrained(path, **overrides)
+        pipe.model.eval()
+        return pipe
+
+    def run(self, image, depth=None, focus_xy=(0.5, 0.5), bokeh_level=0.5, *, steps: int = 16,
+            generator: Optional[torch.Generator] = None) -> RefocusDiTOutput:
+        """See :func:`refocus`."""
+        return RefocusDiTOutput(refocus(self.model, image, depth, focus_xy, bokeh_level, codec=self.codec,
+                                        steps=steps, generator=generator))
 
     def refocus(self, image, depth=None, focus_xy=(0.5, 0.5), bokeh_level=0.5, *, steps: int = 16,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """See :func:`refocus`."""
-        return refocus(self.model, image, depth, focus_xy, bokeh_level, codec=self.codec,
-                       steps=steps, generator=generator)
+        """``pipe(...).image``: see :func:`refocus`."""
+        return self(image, depth, focus_xy, bokeh_level, steps=steps, generator=generator).image

@@ -1,68 +1,67 @@
-"""Training command for :class:`~.model.RefocusDiT` on simulated pairs (one process or DDP).
+"""Training command for the refocusing DiT: a thin front-end of :mod:`lensblur_models.common.train`.
 
-Single process (CPU, a couple of minutes for the tiny model)::
+One CPU process (the tiny model, a couple of CPU-minutes)::
 
     python -m lensblur_models.refocus_dit.train --size 16 --out runs/refocus_tiny
 
-Several processes / GPUs with PyTorch's DistributedDataParallel (``nccl`` on CUDA, ``gloo`` on
-CPU)::
+Several processes or GPUs (DDP; gloo on CPUs, NCCL on GPUs) — the same command under Accelerate::
 
-    torchrun --nproc_per_node 2 -m lensblur_models.refocus_dit.train --steps 300 --out runs/ddp
-
-Data: all-in-focus images and exact depth from the procedural scene
-(:func:`lensblur.scene.make_scene`), or from ``--data DIR`` holding ``NAME.png`` +
-``NAME_depth.npy`` (metres) pairs.  Each rank owns a disjoint shard of the scenes (scene ``i``
-goes to rank ``i % world_size``) and its own generator (``seed + 1000 * rank``), so ranks
-simulate different pairs; model initialisation uses ``seed`` on every rank (DDP also broadcasts
-rank 0's weights).  Images are clipped to ``[0, 1]``, sRGB-encoded and rendered with
-``gamma=2.2`` (blur happens in linear light); the pixel-space codec maps them to ``[-1, 1]``.
+    accelerate launch --multi_gpu --num_processes 2 -m lensblur_models.refocus_dit.train --out runs/ddp
 
 A real checkpoint: ``--flux DIR`` trains LoRA adapters and the new conditioning modules of
-:class:`~lensblur_models.refocus_dit.flux.FluxRefocusAdapter` on the FLUX transformer in ``DIR/transformer`` and ``--vae DIR``
-moves the training into the latent space of ``DIR/vae`` (use ``--size 512`` or more, and GPUs)::
+:class:`~lensblur_models.refocus_dit.flux.FluxRefocusDiT` on the FLUX transformer in
+``DIR/transformer`` (loaded in ``--flux-dtype``, bf16 by default; the adapters stay fp32), and
+``--vae DIR`` moves the training into the latent space of the frozen ``DIR/vae``::
 
-    torchrun --nproc_per_node 8 -m lensblur_models.refocus_dit.train --flux /models/FLUX.1-dev --vae /models/FLUX.1-dev --size 512 --batch 1 --lr 1e-4 --out runs/flux_refocus
+    accelerate launch --multi_gpu --num_processes 8 -m lensblur_models.refocus_dit.train \\
+        --flux /models/FLUX.1-dev --vae /models/FLUX.1-dev --size 512 --batch 1 --lr 1e-4 \\
+        --mixed-precision bf16 --gradient-checkpointing --lr-scheduler cosine --lr-warmup-steps 500 \\
+        --checkpointing-steps 1000 --num-workers 4 --data /data/photos --depth-model /models/depth-anything \\
+        --out runs/flux_refocus
+
+Data: the procedural scene (:func:`lensblur.scene.make_scene`, ``--scenes`` of them, made on
+demand) or ``--data DIR`` of photos streamed from disk
+(:class:`~lensblur_models.common.data.ImageFolderDataset`: shorter side resized to ``--size``,
+random square crops; ``NAME_depth.npy``
+in metres when present, else depth from ``--depth-model`` — relative depth, used as metres up
+to scale).  Pairs are simulated on the device for every batch (:func:`~.simulate.simulate_batch`,
+``gamma=2.2``: blur happens in linear light).  Every loop flag (``--mixed-precision``,
+``--resume``, ``--use-ema`` ...) is described in :mod:`lensblur_models.common.train`.
 
 Outputs in ``--out``: ``model/`` (``RefocusDiT.save_pretrained``) or ``adapter/``
-(``FluxRefocusAdapter.save_pretrained``), ``log.jsonl`` (rank 0's
-losses averaged over ranks) and ``rank{r}.json`` (per-rank summary: its scene shard, the digest
-of its first batch and a checksum of its final weights).
+(``FluxRefocusDiT.save_adapter``), ``log.jsonl``, ``checkpoints/`` and ``rank{r}.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import time
 from pathlib import Path
 from typing import List, Optional
 
 import torch
-import torch.distributed as dist
 
+from ..common.train import TrainingArgs, TrainTask, add_training_args, train_loop
 from .codec import IdentityCodec
 from .model import RefocusDiT, RefocusDiTConfig
 from .simulate import SimulationConfig, simulate_batch
 from .training import TrainConfig, training_step
 
-__all__ = ["build_parser", "main", "load_scenes"]
+__all__ = ["build_parser", "main", "load_scenes", "RefocusDiTTask", "ProceduralScenes"]
 
-_MODELS = {"tiny": RefocusDiTConfig.tiny, "small": RefocusDiTConfig.small, "base": RefocusDiTConfig.base}
+_MODELS = ("tiny", "small", "base")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lensblur_models.refocus_dit.train",
                                 description="Train the refocusing DiT on simulated pairs.")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=4, help="scenes per step per rank")
+    add_training_args(p, max_steps=1500, batch_size=4, learning_rate=2e-3, max_grad_norm=0.0, log_every=25)
     p.add_argument("--size", type=int, default=16, help="image side in pixels")
-    p.add_argument("--scenes", type=int, default=8, help="procedural scenes in total (all ranks)")
-    p.add_argument("--data", default=None, help="directory of NAME.png + NAME_depth.npy pairs")
-    p.add_argument("--model", choices=sorted(_MODELS), default="tiny")
+    p.add_argument("--scenes", type=int, default=8, help="procedural scenes")
+    p.add_argument("--data", default=None, help="directory of photos (+ optional NAME_depth.npy in metres)")
+    p.add_argument("--depth-model", default=None,
+                   help="local transformers depth model for --data photos without a depth file")
+    p.add_argument("--model", choices=_MODELS, default="tiny")
     p.add_argument("--patch", type=int, default=None, help="override the patch size")
-    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--flow-weight", type=float, default=1.0)
     p.add_argument("--stack-weight", type=float, default=0.5)
     p.add_argument("--depth-dropout", type=float, default=0.1)
@@ -75,144 +74,130 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flux", default=None,
                    help="local FLUX checkpoint: train LoRA + conditioning on its transformer")
     p.add_argument("--flux-subfolder", default="transformer", help="subfolder of --flux ('' for none)")
+    p.add_argument("--flux-dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
+                   help="dtype of the frozen FLUX weights")
     p.add_argument("--lora-rank", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    p.add_argument("--log-every", type=int, default=25)
     return p
+
+
+def _scene(index: int, size: int):
+    from lensblur.scene import make_scene
+
+    img, d = make_scene(size, size, seed=index)
+    return img.clamp(0, 1) ** (1 / 2.2), d
 
 
 def load_scenes(indices: List[int], size: int, data: Optional[str] = None):
     """All-in-focus sRGB-encoded images in ``[0, 1]`` and depth for the given scene indices.
 
-    Returns ``(images (n, 3, size, size), depth (n, 1, size, size))`` (float32, CPU).
+    Procedural scenes (``data=None``) or the centre crops of the photos of ``data`` (which need
+    ``NAME_depth.npy`` files).  Returns ``(images (n, 3, size, size), depth (n, 1, size, size))``.
     """
-    import torch.nn.functional as F
-
-    images, depths = [], []
     if data is None:
-        from lensblur.scene import make_scene
+        pairs = [_scene(i, size) for i in indices]
+        return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+    from ..common.data import ImageFolderDataset
 
-        for i in indices:
-            img, d = make_scene(size, size, seed=i)
-            images.append(img.clamp(0, 1) ** (1 / 2.2))
-            depths.append(d)
-    else:
-        import numpy as np
+    ds = ImageFolderDataset(data, size, crop="center")
+    items = [ds[i % len(ds)] for i in indices]
+    if not all(bool(it["has_depth"]) for it in items):
+        raise FileNotFoundError(f"photos in {data!r} need NAME_depth.npy files here")
+    return torch.stack([it["image"] for it in items]), torch.stack([it["depth"] for it in items])
 
-        from lensblur.io import read_image
 
-        names = sorted(p.stem for p in Path(data).glob("*.png") if not p.stem.endswith("_depth"))
-        if not names:
-            raise FileNotFoundError(f"no NAME.png + NAME_depth.npy pairs in {data!r}")
-        for i in indices:
-            name = names[i % len(names)]
-            img = read_image(Path(data) / f"{name}.png")
-            d = torch.from_numpy(np.load(Path(data) / f"{name}_depth.npy")).float()[None, None]
-            images.append(F.interpolate(img, size=(size, size), mode="area") ** (1 / 2.2))
-            depths.append(F.interpolate(d, size=(size, size), mode="nearest"))
-    return torch.cat(images), torch.cat(depths)
+class ProceduralScenes(torch.utils.data.Dataset):
+    """``length`` items drawn from ``num_scenes`` procedural scenes, each flipped at random.
+
+    Item ``i``: scene ``randint(num_scenes)`` and the flip from a generator seeded by
+    ``(seed, i)``; scenes are made on demand (and cached per worker).
+    """
+
+    def __init__(self, num_scenes: int, size: int, seed: int = 0, length: int = 1 << 20) -> None:
+        self.num_scenes, self.size, self.seed, self.length = int(num_scenes), int(size), int(seed), int(length)
+        self._cache = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        k = int(torch.randint(self.num_scenes, (), generator=g))
+        if k not in self._cache:
+            self._cache[k] = _scene(self.seed * 100003 + k, self.size)
+        img, d = self._cache[k]
+        if float(torch.rand((), generator=g)) < 0.5:
+            img, d = img.flip(-1), d.flip(-1)
+        return {"image": img[0], "depth": d[0], "has_depth": torch.tensor(True), "index": torch.tensor(i)}
+
+
+class RefocusDiTTask(TrainTask):
+    """The refocusing family for :func:`~lensblur_models.common.train.train_loop` (see the module docstring)."""
+
+    name = "refocus_dit"
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        if args.vae:
+            from .codec import AutoencoderKLCodec
+
+            self.codec = AutoencoderKLCodec.from_pretrained(args.vae, subfolder=args.vae_subfolder or None)
+        else:
+            self.codec = IdentityCodec(3, shift=0.5, scale=2.0)
+        self.depth_estimator = None
+        if args.depth_model:
+            from ..common.depth import DepthEstimator
+
+            self.depth_estimator = DepthEstimator.from_pretrained(args.depth_model, output="relative")
+        self.sim = SimulationConfig(max_strength=args.max_strength, num_focus_planes=args.planes, gamma=2.2)
+        self.tcfg = TrainConfig(flow_weight=args.flow_weight, stack_weight=args.stack_weight,
+                                depth_dropout=args.depth_dropout)
+
+    def build_model(self):
+        a = self.args
+        if a.flux:
+            from .flux import FluxRefocusDiT
+
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.flux_dtype]
+            return FluxRefocusDiT.from_pretrained(a.flux, subfolder=a.flux_subfolder or None,
+                                                  lora_rank=a.lora_rank, torch_dtype=dtype)
+        config = RefocusDiTConfig.preset(a.model, in_channels=self.codec.channels)
+        if a.patch:
+            config = config.replace(patch_size=a.patch)
+        return RefocusDiT.from_config(config)
+
+    def dataset(self):
+        a = self.args
+        length = max(a.max_steps * a.batch_size * a.gradient_accumulation_steps, a.batch_size) * 8
+        if a.data is None:
+            return ProceduralScenes(a.scenes, a.size, a.seed, length)
+        from ..common.data import ImageFolderDataset
+
+        return ImageFolderDataset(a.data, a.size, seed=a.seed, length=length)
+
+    def helpers(self):
+        return {"codec": self.codec, **({"depth": self.depth_estimator} if self.depth_estimator else {})}
+
+    def loss(self, model, batch, generator):
+        img, depth, has = batch["image"], batch["depth"], batch["has_depth"]
+        with torch.no_grad(), torch.autocast(img.device.type, enabled=False):
+            if not bool(has.all()):
+                if self.depth_estimator is None:
+                    raise FileNotFoundError("photos without NAME_depth.npy need --depth-model")
+                depth = torch.where(has.view(-1, 1, 1, 1), depth, self.depth_estimator(img))
+            rb = simulate_batch(img, depth, self.sim, generator)
+        return training_step(model, rb, self.codec, self.tcfg, generator)
+
+    def save(self, model, output_dir: Path) -> None:
+        if self.args.flux:
+            model.save_adapter(output_dir / "adapter")
+        else:
+            model.save_pretrained(output_dir / "model")
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
-    """Run training; returns rank 0's (or this rank's) final summary."""
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    distributed = world > 1
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if args.device:
-        device = torch.device(args.device)
-    elif torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    if distributed:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    try:
-        return _train(args, rank, world, device, distributed)
-    finally:
-        if distributed:
-            dist.destroy_process_group()
-
-
-def _train(args, rank: int, world: int, device: torch.device, distributed: bool) -> dict:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    shard = [i for i in range(args.scenes) if i % world == rank]
-    if not shard:
-        raise ValueError(f"--scenes {args.scenes} leaves rank {rank} of {world} without data")
-    images, depths = load_scenes([args.seed * 100003 + i for i in shard], args.size, args.data)
-    images, depths = images.to(device), depths.to(device)
-
-    torch.manual_seed(args.seed)
-    if args.vae:
-        from .codec import AutoencoderKLCodec
-
-        codec = AutoencoderKLCodec.from_pretrained(args.vae, subfolder=args.vae_subfolder or None).to(device)
-    else:
-        codec = IdentityCodec(3, shift=0.5, scale=2.0)
-    if args.flux:
-        from .flux import FluxRefocusAdapter
-
-        model = FluxRefocusAdapter.from_pretrained(args.flux, subfolder=args.flux_subfolder or None,
-                                                   lora_rank=args.lora_rank).to(device)
-    else:
-        config = _MODELS[args.model](latent_channels=codec.channels)
-        if args.patch:
-            config.patch_size = args.patch
-        model = RefocusDiT(config).to(device)
-    ddp_model = model
-    if distributed:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
-                            weight_decay=0.0)
-    sim = SimulationConfig(max_strength=args.max_strength, num_focus_planes=args.planes, gamma=2.2)
-    tcfg = TrainConfig(flow_weight=args.flow_weight, stack_weight=args.stack_weight,
-                       depth_dropout=args.depth_dropout)
-    gen = torch.Generator().manual_seed(args.seed + 1000 * rank)
-
-    log = open(out / "log.jsonl", "w") if rank == 0 else None
-    first_digest, t0, metrics = None, time.time(), {}
-    for step in range(1, args.steps + 1):
-        idx = torch.randint(len(shard), (args.batch,), generator=gen)
-        flip = torch.rand(args.batch, generator=gen) < 0.5
-        img, dep = images[idx.to(device)], depths[idx.to(device)]
-        img = torch.where(flip.view(-1, 1, 1, 1).to(device), img.flip(-1), img)
-        dep = torch.where(flip.view(-1, 1, 1, 1).to(device), dep.flip(-1), dep)
-        with torch.no_grad():
-            batch = simulate_batch(img, dep, sim, gen)
-        if first_digest is None:
-            first_digest = float(batch.targets.double().sum())
-        loss, metrics = training_step(ddp_model, batch, codec, tcfg, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % args.log_every == 0 or step == args.steps:
-            vals = torch.tensor([metrics["loss"], metrics["flow"], metrics["stack"]], device=device)
-            if distributed:
-                dist.all_reduce(vals)
-                vals /= world
-            if log is not None:
-                rec = {"step": step, "loss": vals[0].item(), "flow": vals[1].item(),
-                       "stack": vals[2].item(), "seconds": round(time.time() - t0, 2)}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                print(json.dumps(rec), flush=True)
-    if log is not None:
-        log.close()
-        model.save_pretrained(out / ("adapter" if args.flux else "model"))
-    checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
-    summary = {"rank": rank, "world_size": world, "scenes": shard, "first_batch_digest": first_digest,
-               "param_checksum": checksum, "final": metrics}
-    with open(out / f"rank{rank}.json", "w") as f:
-        json.dump(summary, f)
-    return summary
+    """Parse ``argv``, train, return this process's summary (see :func:`~lensblur_models.common.train.train_loop`)."""
+    ns = build_parser().parse_args(argv)
+    return train_loop(RefocusDiTTask(ns), TrainingArgs.from_namespace(ns))
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def training_step(model, batch: RefocusBatch, codec: Optional[LatentCodec] = Non
 
     Args:
         model: a velocity model ``model(x_t, t, reference, condition, depth, depth_mask)``
-            (:class:`~.model.RefocusDiT` or :class:`~lensblur_models.refocus_dit.flux.FluxRefocusAdapter`).
+            (:class:`~.model.RefocusDiT` or :class:`~lensblur_models.refocus_dit.flux.FluxRefocusDiT`).
         batch: a :class:`~.simulate.RefocusBatch` on the model's device.
         codec: latent codec (default: pixel space).
         config: :class:`TrainConfig`.

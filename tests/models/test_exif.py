@@ -159,3 +159,22 @@ def test_load_exif_photos_crops_sensor_with_the_image(tmp_path):
         load_exif_photos(tmp_path / "empty")
     with pytest.raises(ExifError, match="cannot be opened"):
         load_exif_photos(tmp_path / "missing.jpg")
+
+
+def test_exif_photo_dataset_streams_like_load_exif_photos(tmp_path):
+    from lensblur_models.exif_defocus import load_exif_photos
+    from lensblur_models.exif_defocus.data import ExifPhotoDataset
+
+    tags = {FOCAL: rational(50, 1), FNUMBER: rational(2, 1), F35: 50}
+    write_jpeg(tmp_path / "a_landscape.jpg", tags, size=(60, 40))
+    write_jpeg(tmp_path / "b_portrait.jpg", {**tags, FNUMBER: rational(4, 1)}, size=(40, 60))
+    ds = ExifPhotoDataset(tmp_path, size=16, crop="center")
+    batch = load_exif_photos(tmp_path, size=16)
+    assert len(ds) == 2
+    for i in range(2):
+        item = ds[i]
+        assert item["target"].shape == (3, 16, 16) and not bool(item["has_depth"])
+        assert torch.allclose(item["exif"], batch["exif"][i], atol=1e-4)  # the crop's sensor width
+        assert (item["target"] - batch["target"][i]).abs().max() < 4 / 255
+    rnd = ExifPhotoDataset(tmp_path, size=16, seed=1)
+    assert torch.equal(rnd[0]["target"], rnd[0]["target"])  # a crop is a function of (seed, index)

@@ -40,7 +40,7 @@ def random_head(fdt, seed=0):
 class TestFocusDistanceTransformer:
     def test_shapes_and_focus_inside_depth_range(self):
         torch.manual_seed(0)
-        fdt = random_head(FocusDistanceTransformer(FocusDistanceConfig.tiny()))
+        fdt = random_head(FocusDistanceTransformer.from_config(FocusDistanceConfig.tiny()))
         img = torch.rand(2, 3, 16, 24)
         depth = torch.rand(2, 1, 16, 24) * 5 + 0.5
         pred = fdt(img, depth, EXIF)
@@ -56,7 +56,7 @@ class TestFocusDistanceTransformer:
     def test_scale_equivariance_of_relative_depth(self):
         # the depth input is normalised per image: scaling the depth scales the focus alike
         torch.manual_seed(1)
-        fdt = random_head(FocusDistanceTransformer(FocusDistanceConfig.tiny()), seed=3)
+        fdt = random_head(FocusDistanceTransformer.from_config(FocusDistanceConfig.tiny()), seed=3)
         img, depth = torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8) + 0.2
         a = fdt(img, depth, EXIF)
         b = fdt(img, depth * 7.0, EXIF)
@@ -65,7 +65,7 @@ class TestFocusDistanceTransformer:
 
     def test_exif_conditions_the_prediction(self):
         torch.manual_seed(2)
-        fdt = random_head(FocusDistanceTransformer(FocusDistanceConfig.tiny()), seed=4)
+        fdt = random_head(FocusDistanceTransformer.from_config(FocusDistanceConfig.tiny()), seed=4)
         for p in fdt.blocks.parameters():  # leave adaLN-zero init so the EXIF reaches the output
             nn.init.normal_(p, std=0.2)
         img, depth = torch.rand(1, 3, 8, 8).expand(2, -1, -1, -1), torch.rand(1, 1, 8, 8).expand(2, -1, -1, -1) + 1
@@ -73,7 +73,7 @@ class TestFocusDistanceTransformer:
         assert (pred.focus_position[0] - pred.focus_position[1]).abs() > 1e-4
 
     def test_zero_init_head_is_geometric_middle(self):
-        fdt = FocusDistanceTransformer(FocusDistanceConfig.tiny())
+        fdt = FocusDistanceTransformer.from_config(FocusDistanceConfig.tiny())
         depth = torch.full((1, 1, 8, 8), 2.0)
         depth[..., 0, 0] = 8.0
         pred = fdt(torch.rand(1, 3, 8, 8), depth, EXIF[:1])
@@ -81,7 +81,7 @@ class TestFocusDistanceTransformer:
         assert pred.depth_scale.item() == pytest.approx(1.0)
 
     def test_bad_input(self):
-        fdt = FocusDistanceTransformer(FocusDistanceConfig.tiny())
+        fdt = FocusDistanceTransformer.from_config(FocusDistanceConfig.tiny())
         img, depth = torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8) + 1
         with pytest.raises(ValueError, match="multiple of the patch"):
             fdt(torch.rand(2, 3, 10, 8), torch.rand(2, 1, 10, 8) + 1, EXIF)
@@ -97,22 +97,22 @@ class TestFocusDistanceTransformer:
             fdt(img, depth, torch.tensor([[50.0, -1.0, 36.0]] * 2))
         with pytest.raises(TypeError, match="image"):
             fdt(img.numpy(), depth, EXIF)
-        with pytest.raises(TypeError, match="config"):
-            FocusDistanceTransformer({"dim": 8})
+        with pytest.raises(TypeError, match="patch_size"):
+            FocusDistanceTransformer(patch_size=4.0)
 
     def test_configs_grow(self):
-        n = [sum(p.numel() for p in FocusDistanceTransformer(c).parameters())
+        n = [sum(p.numel() for p in FocusDistanceTransformer.from_config(c).parameters())
              for c in (FocusDistanceConfig.tiny(), FocusDistanceConfig.small())]
         assert n[0] < 60_000 and 30e6 < n[1] < 36e6  # ViT-S layout + adaLN modulation
         base = FocusDistanceConfig.base()
-        assert (base.dim, base.depth, base.heads, base.patch) == (768, 12, 12, 16)
+        assert (base.dim, base.depth, base.heads, base.patch_size) == (768, 12, 12, 16)
 
     def test_save_load_round_trip(self, tmp_path):
         torch.manual_seed(0)
-        fdt = random_head(FocusDistanceTransformer(FocusDistanceConfig.tiny(patch=2, dim=16)))
+        fdt = random_head(FocusDistanceTransformer.from_config(FocusDistanceConfig.tiny(patch_size=2, dim=16)))
         fdt.save_pretrained(tmp_path / "fdt")
         back = FocusDistanceTransformer.from_pretrained(tmp_path / "fdt")
-        assert back.config == fdt.config
+        assert back.architecture() == fdt.architecture()
         img, depth = torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8) + 1
         assert torch.equal(back(img, depth, EXIF).focus_distance_m, fdt(img, depth, EXIF).focus_distance_m)
 
@@ -157,7 +157,7 @@ class TestFocusDistanceTransformer:
             ls = nn.Module()
             ls.gamma = nn.Parameter(torch.rand(dim) + 0.1)
             setattr(vit.blocks[1], name, ls)
-        fdt = FocusDistanceTransformer(FocusDistanceConfig.tiny(dim=dim, heads=heads, depth=2, mlp_ratio=2.0))
+        fdt = FocusDistanceTransformer.from_config(FocusDistanceConfig.tiny(dim=dim, heads=heads, depth=2, mlp_ratio=2.0))
         load_vit_weights(fdt, vit)
         x, cond = torch.randn(2, 5, dim), torch.randn(2, dim)
         ours = x
@@ -171,7 +171,7 @@ class TestFocusDistanceTransformer:
     def test_from_timm(self):
         pytest.importorskip("timm")
         fdt = FocusDistanceTransformer.from_timm("vit_tiny_patch16_224", pretrained=False)
-        assert fdt.config.dim == 192 and fdt.config.patch == 16
+        assert fdt.config.dim == 192 and fdt.config.patch_size == 16
 
 
 # ----------------------------------------------------------------------------------- pipeline
@@ -295,11 +295,12 @@ def tiny_checkpoints(tmp_path_factory):
 
 
 def hf_pipeline(tiny_checkpoints, **cfg):
-    from lensblur_models.exif_defocus import DiffusersGenerator, TransformersDepth
+    from lensblur_models.common import DepthEstimator
+    from lensblur_models.exif_defocus import DiffusersGenerator
 
     gen_path, depth_path = tiny_checkpoints
     generator = DiffusersGenerator.from_pretrained(gen_path, num_inference_steps=2)
-    depth = TransformersDepth.from_pretrained(depth_path, input_size=28)
+    depth = DepthEstimator.from_pretrained(depth_path, output="relative", input_size=28)
     config = ExifDefocusConfig.tiny(gamma=2.2, **cfg)
     return ExifDefocusPipeline(config, generator=generator, depth_model=depth)
 
@@ -378,31 +379,50 @@ class TestAdapters:
         x0.square().mean().backward()
         assert x0.shape == (2, 3, 8, 8)
         assert sum(float(p.grad.abs().sum()) for p in unet.parameters() if p.grad is not None) > 0
+        # by default only the UNet's LoRA adapters learn: no gradient reaches the VAE or the base UNet
+        assert all(p.grad is None and not p.requires_grad for p in vae.parameters())
+        lora = {n for n, _ in unet.named_parameters() if "lora_" in n}
+        assert lora and all(p.grad is None for n, p in unet.named_parameters() if n not in lora)
+        assert {n for n, p in gen.named_parameters() if p.requires_grad} == {f"unet.{n}" for n in lora}
+        full = DiffusersGenerator(types.SimpleNamespace(unet=UNet2DConditionModel(
+            sample_size=4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+            down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, norm_num_groups=4),
+            vae=vae, scheduler=DDIMScheduler(num_train_timesteps=50)), lora_rank=0)
+        assert all(p.requires_grad for p in full.unet.parameters())  # lora_rank=0: an explicit full fine-tune
+        assert not any(p.requires_grad for p in full.vae.parameters())
         with pytest.raises(ValueError, match="text encoder"):
             gen.sample(1, cond="a prompt")
         with pytest.raises(ValueError, match="noise_level"):
             gen.denoise(torch.rand(1, 3, 8, 8), 1.5)
 
     def test_metric_depth_model(self, tiny_checkpoints, tmp_path):
-        from lensblur_models.exif_defocus import TransformersDepth, make_tiny_depth_model
+        from lensblur_models.common import DepthEstimator
+        from lensblur_models.exif_defocus import make_tiny_depth_model
 
-        depth_net = TransformersDepth.from_pretrained(make_tiny_depth_model(tmp_path / "m", metric_max_depth_m=20))
-        assert depth_net.kind == "metric"
+        depth_net = DepthEstimator.from_pretrained(make_tiny_depth_model(tmp_path / "m", metric_max_depth_m=20),
+                                                   output="metric")
+        assert depth_net.prediction == "metric"
         image = torch.rand(1, 3, 14, 28, requires_grad=True)
         depth = depth_net(image)
         assert depth.shape == (1, 1, 14, 28) and bool((depth > 0).all()) and bool((depth <= 20.0).all())
         depth.sum().backward()
         assert image.grad is not None and torch.isfinite(image.grad).all()
-        with pytest.raises(ValueError, match="kind"):
-            TransformersDepth(depth_net.model, kind="inverse")
+        with pytest.raises(ValueError, match="output"):
+            DepthEstimator(depth_net.model, output="inverse")
+        # the same metric network as relative depth and disparity: 1 at the nearest point
+        rel = DepthEstimator(depth_net.model, output="relative")(image.detach())
+        disp = DepthEstimator(depth_net.model, output="disparity")(image.detach())
+        torch.testing.assert_close(rel, 1 / disp)
+        torch.testing.assert_close(rel, (depth / depth.amin()).detach().clamp(max=100.0), rtol=1e-4, atol=1e-4)
 
     def test_local_paths_only(self, tmp_path):
-        from lensblur_models.exif_defocus import DiffusersGenerator, TransformersDepth
+        from lensblur_models.common import DepthEstimator
+        from lensblur_models.exif_defocus import DiffusersGenerator
 
         with pytest.raises(ValueError, match="local checkpoint"):
             DiffusersGenerator.from_pretrained(tmp_path / "missing")
         with pytest.raises(ValueError, match="local checkpoint"):
-            TransformersDepth.from_pretrained("some-org/depth-anything")
+            DepthEstimator.from_pretrained("some-org/depth-anything", output="relative")
 
 
 def test_example_command_runs(tiny_checkpoints, tmp_path, capsys):
@@ -422,5 +442,5 @@ def test_example_command_runs(tiny_checkpoints, tmp_path, capsys):
     assert math.isfinite(learned) and baseline > 0
     log = capsys.readouterr().out
     assert "Blur Monotonicity" in log and "reload reproduces the FDT: True" in log
-    assert (tmp_path / "pipeline" / "fdt" / "model.safetensors").is_file()
+    assert (tmp_path / "pipeline" / "fdt" / "diffusion_pytorch_model.safetensors").is_file()
     assert (tmp_path / "pipeline" / "generator" / "model_index.json").is_file()

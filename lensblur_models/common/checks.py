@@ -1,4 +1,10 @@
-"""Small argument checks for the genrefocus public boundary (errors name the argument)."""
+"""The argument checks of every ``lensblur_models`` public boundary (errors name the argument).
+
+Tensors: :func:`check_tensor4` (a finite float ``(B, C, H, W)``), :func:`check_pair` (matching
+batch and spatial sizes).  Numbers: :func:`check_int`.  Architectures:
+:func:`check_transformer_args` (the shared :class:`~lensblur_models.common.ModelConfig` fields).
+Wrong types raise ``TypeError``, wrong values :class:`lensblur.LensBlurError` (a ``ValueError``).
+"""
 
 from __future__ import annotations
 
@@ -34,8 +40,18 @@ def check_pair(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> No
 
 
 def check_int(value, name: str, minimum: int = 1) -> int:
+    """``value`` must be an ``int`` (not a bool) ``>= minimum``; returns it."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
     if value < minimum:
         raise LensBlurError(f"`{name}` must be >= {minimum}, got {value}")
     return value
+
+
+def check_transformer_args(*, in_channels: int, patch_size: int, dim: int, depth: int, heads: int) -> None:
+    """The shared architecture fields: positive ints, ``dim`` a multiple of 4 and of ``heads``."""
+    for name, value in (("in_channels", in_channels), ("patch_size", patch_size), ("dim", dim),
+                        ("depth", depth), ("heads", heads)):
+        check_int(value, name)
+    if dim % 4 or dim % heads:
+        raise LensBlurError(f"`dim` ({dim}) must be a multiple of 4 and of `heads` ({heads})")
