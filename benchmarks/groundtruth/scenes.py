@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -126,6 +126,7 @@ class Quad:
     v_half: Sequence[float]
     seed: int
     gain: float = 1.0
+    radiance: Optional[Sequence[float]] = None     #: constant radiance instead of a texture
 
 
 @dataclass
@@ -182,8 +183,18 @@ def _tilted_plane(z0: float, angle_deg: float, seed: int) -> Quad:
     return Quad(tuple(centre), tuple(s_half * d), (0.0, height_half, 0.0), seed)
 
 
-def _spheres_px(specs, z: float, radiance) -> List[Sphere]:
-    return [Sphere(at_pixel(u, v, z), px_to_m(r, z), radiance) for u, v, r in specs]
+def _lights_px(specs, z: float, radiance) -> List[Quad]:
+    """Small bright square lights ``(u0, v0, size)`` in pixels, at depth ``z``.  Their edges lie on
+    pixel boundaries, so no pinhole pixel mixes a light with what is behind it: every pixel of
+    the input has the depth of what it shows (a mixed pixel at the rim of a light, given the
+    background's depth by its centre ray, would spread a 40x radiance over the background's
+    blur and swamp what these scenes measure)."""
+    out = []
+    for u0, v0, size in specs:
+        q = fronto(z, u0, v0, u0 + size, v0 + size, seed=0)
+        q.radiance = tuple(radiance)
+        out.append(q)
+    return out
 
 
 def build_scenes() -> List[Scene]:
@@ -207,11 +218,11 @@ def build_scenes() -> List[Scene]:
                          Sphere(at_pixel(215, 90, 1.2), px_to_m(26, 1.2), (0.25, 0.5, 0.95))]))
 
     # 4. many depths at once with small, very bright lights (bokeh disks, energy)
-    lights = (_spheres_px([(140, 60, 2.0), (272, 40, 2.0), (135, 150, 1.5)], 7.0, (40.0, 36.0, 30.0))
-              + _spheres_px([(75, 70, 2.0)], 4.5, (40.0, 40.0, 40.0))
-              + _spheres_px([(205, 135, 2.0)], 3.0, (36.0, 40.0, 40.0))
-              + _spheres_px([(130, 100, 1.5)], 2.0, (40.0, 40.0, 40.0))
-              + _spheres_px([(75, 150, 2.0)], 1.4, (30.0, 40.0, 36.0)))
+    lights = (_lights_px([(138, 58, 4), (255, 40, 3), (134, 149, 3)], 7.0, (40.0, 36.0, 30.0))
+              + _lights_px([(73, 68, 4)], 4.5, (40.0, 40.0, 40.0))
+              + _lights_px([(203, 133, 4)], 3.0, (36.0, 40.0, 40.0))
+              + _lights_px([(129, 99, 3)], 2.0, (40.0, 40.0, 40.0))
+              + _lights_px([(73, 148, 4)], 1.4, (30.0, 40.0, 36.0)))
     scenes.append(Scene("lights", "many depths, small bright lights", 2.5,
                         [wall(7.5, seed=6),
                          fronto(5.0, 30, 30, 120, 110, seed=7),
@@ -235,7 +246,7 @@ def build_scenes() -> List[Scene]:
     # 7. point lights at six depths on black: the bokeh disk's size checks the lens matching
     pts = []
     for i, z in enumerate([1.4, 1.8, 2.2, 3.2, 4.5, 7.0]):
-        pts += _spheres_px([(45 + 42 * i, 70 if i % 2 else 130, 1.5)], z, (40.0, 40.0, 40.0))
+        pts += _lights_px([(44 + 42 * i, 69 if i % 2 else 129, 3)], z, (40.0, 40.0, 40.0))
     black = wall(10.0, seed=0)
     black.gain = 0.0                                     # a non-emitting wall: finite depth, no light
     scenes.append(Scene("bokeh", "point lights at six depths on black", 2.5, [black] + pts,
@@ -280,11 +291,13 @@ def mitsuba_dict(scene: Scene, camera: str, spp: int, seed: int = 0, aperture_ra
         if isinstance(shp, Quad) and shp.gain == 0.0:
             d[f"quad{i}"] = {"type": "rectangle", "to_world": _quad_transform(mi, shp), "bsdf": _BLACK}
         elif isinstance(shp, Quad):
-            tex = texture(shp.seed) * shp.gain
+            if shp.radiance is not None:
+                radiance = {"type": "rgb", "value": [shp.gain * r for r in shp.radiance]}
+            else:
+                radiance = {"type": "bitmap", "data": mi.TensorXf(texture(shp.seed) * shp.gain), "raw": True,
+                            "filter_type": "bilinear", "wrap_mode": "clamp"}
             d[f"quad{i}"] = {"type": "rectangle", "to_world": _quad_transform(mi, shp), "bsdf": _BLACK,
-                             "emitter": {"type": "area", "radiance": {
-                                 "type": "bitmap", "data": mi.TensorXf(tex), "raw": True,
-                                 "filter_type": "bilinear", "wrap_mode": "clamp"}}}
+                             "emitter": {"type": "area", "radiance": radiance}}
         elif isinstance(shp, Sphere):
             d[f"sphere{i}"] = {"type": "sphere", "center": list(shp.centre), "radius": shp.radius, "bsdf": _BLACK,
                                "emitter": {"type": "area", "radiance": {"type": "rgb", "value": list(shp.radiance)}}}
