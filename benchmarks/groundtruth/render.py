@@ -12,7 +12,7 @@ For every scene of :mod:`benchmarks.groundtruth.scenes`:
   their mean is stored and their difference measures the noise of that mean.
 
 Data: ``<scene>.npz`` (``image`` (H, W, 3) and ``truth`` (K, H, W, 3) linear radiance as float16
-rounded to 8 mantissa bits (:func:`quantize`),
+rounded to 8-10 mantissa bits (:func:`quantize`),
 ``depth`` (H, W) float32 metres) and ``meta.json`` (lens of every aperture, noise, samples,
 render time, Mitsuba version).  Uses the ``llvm_ad_rgb`` variant when an LLVM that Dr.Jit accepts
 is found (Debian's ``libllvm19``), otherwise ``scalar_rgb`` (about 10x slower).
@@ -77,13 +77,14 @@ def pixel_centre_depth(scene_dict) -> np.ndarray:
     return z.reshape(h, w)
 
 
-#: mantissa bits kept of float16's 10 (relative step 2^-9): the dropped bits are the references'
-#: noise, which does not compress; the rounding error is recorded (``storage_mse_lin``) and
-#: stays a few per cent of the noise
-STORED_MANTISSA_BITS = 8
+#: mantissa bits kept of float16's 10, fewest first (8: relative step 2^-9): the dropped bits are
+#: the references' noise, which does not compress.  Each scene keeps the fewest whose rounding
+#: error (recorded as ``storage_mse_lin``) is at most :data:`STORAGE_NOISE_RATIO` of the noise
+STORED_MANTISSA_BITS = (8, 9, 10)
+STORAGE_NOISE_RATIO = 0.04
 
 
-def quantize(x: np.ndarray, bits: int = STORED_MANTISSA_BITS) -> np.ndarray:
+def quantize(x: np.ndarray, bits: int = 10) -> np.ndarray:
     """``x`` as float16 rounded (to nearest) to ``bits`` mantissa bits."""
     u = np.ascontiguousarray(x, dtype=np.float16).view(np.uint16).astype(np.uint32)
     drop = 10 - bits
@@ -111,19 +112,24 @@ def render_scene(scene: sc.Scene, spp_scale: float = 1.0) -> tuple:
         truth = 0.5 * (halves[0] + halves[1])
         max_coc = float(sc.mitsuba_coc_px(np.array([z_lo, z_hi]), a, scene.focus_distance_m).max())
         stats = noise_stats(halves[0], halves[1], depth, max_coc)
-        q = quantize(truth).astype(np.float32)                # what the storage costs
-        crop = slice(sc.MARGIN_PX, -sc.MARGIN_PX)
-        q_mse = float(np.mean((q[crop, crop] - truth[crop, crop]) ** 2))
         apertures.append({"aperture_radius_m": a, "focus_distance_m": scene.focus_distance_m,
                           "f_number": sc.f_number_for(a, scene.focus_distance_m),
                           "max_coc_px": max_coc, "coc_target_px": target,
-                          "storage_mse_lin": q_mse, **stats})
+                          **stats})
         truths.append(truth)
+    crop = slice(sc.MARGIN_PX, -sc.MARGIN_PX)
+    for bits in STORED_MANTISSA_BITS:                        # what the storage costs
+        q_mse = [float(np.mean((quantize(t, bits).astype(np.float32)[crop, crop] - t[crop, crop]) ** 2))
+                 for t in truths]
+        if all(q <= STORAGE_NOISE_RATIO * a["noise_mse_lin"] for q, a in zip(q_mse, apertures)):
+            break
+    for q, a in zip(q_mse, apertures):
+        a["storage_mse_lin"] = q
     meta = {"title": scene.title, "focus_distance_m": scene.focus_distance_m,
             "depth_range_m": [z_lo, z_hi], "spp_input": spp_in, "spp_truth_per_half": spp_used,
-            "apertures": apertures, "render_s": time.perf_counter() - t0}
-    arrays = {"image": quantize(image), "depth": depth.astype(np.float32),
-              "truth": quantize(np.stack(truths))}
+            "apertures": apertures, "mantissa_bits": bits, "render_s": time.perf_counter() - t0}
+    arrays = {"image": quantize(image, bits), "depth": depth.astype(np.float32),
+              "truth": quantize(np.stack(truths), bits)}
     return arrays, meta
 
 

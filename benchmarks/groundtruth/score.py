@@ -136,10 +136,12 @@ class Reference:
     depth: np.ndarray          # (H, W) float32, metres
     truth: np.ndarray          # (H, W, 3) float32, thin lens, linear
     meta: dict                 # the aperture's entry of meta.json (lens, noise)
+    frame_width_px: int = sc.WIDTH   # width of the rendered frame (the arrays may be a window of it)
 
     @property
     def lens(self) -> lensblur.ThinLens:
-        return lens_for(self.meta)
+        """The matched lens, its sensor cut to the arrays' width so the pixel pitch is the frame's."""
+        return lens_for(self.meta, sensor_mm=sc.SENSOR_MM * self.image.shape[1] / self.frame_width_px)
 
     @property
     def max_coc_px(self) -> float:
