@@ -2,6 +2,7 @@
 
     python -m benchmarks.groundtruth.score                      # every method, prints the table
     python -m benchmarks.groundtruth.score --methods layered    # only layered/* rows
+    python -m benchmarks.groundtruth.score --methods layered/native --scenes lights,bokeh   # ~1 min
     python -m benchmarks.groundtruth.score --scenes plane,lights --report   # + RESULTS.md, docs table, figures
 
 Reads only the committed data (``benchmarks/groundtruth/data/``: no Mitsuba needed).  Every
