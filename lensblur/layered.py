@@ -340,14 +340,43 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
     s = signed_coc.to(work)
     B, C, H, W = img.shape
     sd = s.detach()
+    exact = (sd == 0) if s.requires_grad else None
+    if exact is not None and bool(exact.any()) and float(sd.abs().max()) > 0:
+        # Pixels exactly in focus sit on kinks of the render as a function of their coc (the
+        # tents of the layers in front and behind start there, |s| and the compositing clamp
+        # bend there).  Their gradient must be the symmetric one, what a central difference
+        # sees, not whichever one-sided slope autograd happens to pick: render them a hair
+        # (FOCUS_EPS_PX) in front of and behind the focus plane and average.  The forward
+        # changes by O(FOCUS_EPS_PX / layer spacing) only; without gradients it is exact.
+        eps = torch.where(exact, torch.full_like(s, FOCUS_EPS_PX), torch.zeros_like(s))
+        lo, hi = s - eps, s + eps
+        centres = layer_centres(float(lo.detach().min()), float(hi.detach().max()), num_layers)
+        out = 0.5 * (_render(img, lo, centres, aperture, backend, method)
+                     + _render(img, hi, centres, aperture, backend, method))
+        return out.to(out_dtype)
     centres = layer_centres(float(sd.min()), float(sd.max()), num_layers)
-    K = len(centres)
-    if K == 1:
+    if len(centres) == 1:
         coc = s.abs()
-        if float(coc.detach().max()) == 0.0:      # all in focus: unchanged (a new tensor)
-            return img.to(out_dtype, copy=True)
+        if float(coc.detach().max()) == 0.0:
+            # all in focus: unchanged (a new tensor).  The render stays in the graph with its
+            # true derivative, 0: a hair off focus either way every pixel is blurred by far less
+            # than a pixel (and |s| has a symmetric derivative of 0 at 0)
+            return (img + 0.0 * s).to(out_dtype, copy=True)
         return defocus(img, coc, aperture, method=method, backend=backend).to(out_dtype)
+    return _render(img, s, centres, aperture, backend, method).to(out_dtype)
 
+
+#: Offset (pixels of coc) at which pixels exactly in focus are rendered on either side of the
+#: focus plane when gradients are needed (see :func:`render_layered`).
+FOCUS_EPS_PX = 1e-6
+
+
+def _render(img: torch.Tensor, s: torch.Tensor, centres: List[float], aperture: Aperture,
+            backend: str, method: str) -> torch.Tensor:
+    """The layered render of :func:`render_layered` with the given layer centres (``K >= 1``)."""
+    B, C, H, W = img.shape
+    sd = s.detach()
+    K = len(centres)
     max_levels = max(1, int(math.floor(math.log2(max(min(H, W), 2)))))
     top_level = max(1, int(math.ceil(math.log2(max(H, W, 2)))))     # down to 1 x 1
     abs_s = s.abs()
@@ -380,7 +409,11 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
         w = tent_weights(s, centres, k)
         hidden = h_km2
         h_km2, h_km1 = h_km1, h_km1 + w
-        if not bool((w.detach() > 0).any()):
+        # a layer matters if a pixel lies in its closed support: also a pixel exactly at a
+        # neighbouring centre (w = 0 there, but moving it moves weight into this layer)
+        lo_c = centres[k - 1] if k > 0 else -math.inf
+        hi_c = centres[k + 1] if k + 1 < K else math.inf
+        if not bool(((sd >= lo_c) & (sd <= hi_c)).any()):
             continue
         # the layer's coc field: its own pixels keep their coc, the others take the coc of the
         # nearest own pixels (a push-pull extension), so the field is smooth around the content
@@ -391,7 +424,8 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
         content, alpha = own, w
         # partial-occlusion fill, reaching as far as the largest blur radius in front (what a
         # blurred occluder reveals) and as far as this layer's own blur gathers behind it
-        if bool((hidden.detach() > 0).any()):
+        # (H_{k-2} > 0 where s < centres[k-1], and it moves with s where s = centres[k-1])
+        if k >= 2 and bool((sd <= centres[k - 1]).any()):
             reach = ((hidden * abs_s).reshape(B, -1).amax(1) / 2).clamp_min(abs(centres[k]) / 2)
             # densities over the pixels that no occluder hides (visible = 1 - H_{k-2})
             visible = 1.0 - hidden
@@ -423,5 +457,4 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
             pending = []
     if pending:
         composite(pending)
-    out = out / cov.clamp_min(1e-6)
-    return out.to(out_dtype)
+    return out / cov.clamp_min(1e-6)

@@ -65,12 +65,68 @@ def lit_scenes(draw, size=32):
 def test_fill_adds_no_light(scene):
     # everything but the lights has one radiance, so whatever the fill reveals behind an
     # occluder has (at most) that radiance: the render may not hold more energy than the input
-    # or a plain scatter blur (2.5 %), and it loses at most what the occluders can hide of the
-    # lights
+    # or a plain scatter blur (6 %: the fill may be up to FILL_CAP = 1.25 times the robust
+    # level of its surroundings, so a light next to an occluder can brighten the revealed band
+    # by that much; the fill that copied the light's own colour gave up to 5x), and it loses
+    # at most what the occluders can hide of the lights
     img, s, b = scene
     e_in = float(img.sum())
     e_lights = float((img - b).clamp_min(0).sum())
     e_scatter = float(defocus(img, s.abs(), method="scatter").sum())
     e_out = float(render_layered(img, s).sum())
-    assert e_out <= 1.025 * max(e_in, e_scatter)
-    assert e_out >= e_in - e_lights - 0.025 * e_in
+    assert e_out <= 1.06 * max(e_in, e_scatter)
+    assert e_out >= e_in - e_lights - 0.06 * e_in
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradients w.r.t. the lens where pixels sit exactly at the focus distance
+# ----------------------------------------------------------------------------------------------
+
+from lensblur import ThinLens, render, available_backends  # noqa: E402
+from lensblur.testing import gradcheck  # noqa: E402
+
+BACKENDS = [b for b in ("torch", "native") if b in available_backends("cpu")]
+
+
+def _focus_scene(seed=3, h=4, w=5):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.rand(1, 2, h, w, generator=g, dtype=torch.float64)
+    depth = 0.7 + 4.0 * torch.rand(1, 1, h, w, generator=g, dtype=torch.float64)
+    return img, depth
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_lens_with_half_the_depth_exactly_in_focus(backend):
+    img, depth = _focus_scene()
+    focus = 1.6
+    depth[..., :, :3] = focus                      # more than half of the pixels: coc exactly 0
+
+    def f(s1, n, fl):
+        lens = ThinLens(fl, n, s1, sensor_width_mm=1.5)
+        return render(img, depth, lens, method="layered", backend=backend)
+
+    assert gradcheck(f, torch.tensor(focus, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64),
+                     torch.tensor(50.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_in_focus_lens_parameters_get_a_gradient(backend):
+    img, _ = _focus_scene()
+    depth = torch.full((1, 1, 4, 5), 2.0, dtype=torch.float64)
+    focus = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    n = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    out = render(img, depth, ThinLens(50.0, n, focus, sensor_width_mm=1.5), method="layered",
+                 backend=backend)
+    torch.testing.assert_close(out, img, atol=0, rtol=0)       # still unchanged
+    g_focus, g_n = torch.autograd.grad(out.sum(), [focus, n], allow_unused=True)
+    assert g_focus is not None and g_n is not None             # the graph reaches the lens
+    # and it is the right one: a central difference (every pixel a hair off focus either way
+    # is blurred by far less than a pixel, so the image does not change)
+    eps = 1e-5
+    with torch.no_grad():
+        hi = render(img, depth, ThinLens(50.0, 2.0, 2.0 + eps, sensor_width_mm=1.5), method="layered",
+                    backend=backend)
+        lo = render(img, depth, ThinLens(50.0, 2.0, 2.0 - eps, sensor_width_mm=1.5), method="layered",
+                    backend=backend)
+    central = float((hi - lo).sum()) / (2 * eps)
+    assert abs(float(g_focus) - central) < 1e-6 and float(g_n) == 0.0
