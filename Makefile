@@ -45,3 +45,13 @@ bench-pytest: $(STAMP)
 
 clean:
 	rm -rf demo_out docs/_build .pytest_cache build *.egg-info
+
+# accuracy against a path tracer (docs/accuracy.rst): installs Mitsuba 3 (+ LLVM 19 for its fast
+# llvm_ad_rgb variant when apt-get may run; else the ~10x slower scalar_rgb), re-renders the
+# references into benchmarks/groundtruth/data/, re-scores and rewrites the report and figures
+.PHONY: validate
+validate: $(STAMP)
+	$(PY) -m pip install -q "mitsuba>=3.5"
+	-apt-get install -y -q libllvm19 >/dev/null 2>&1 || echo "validate: no libllvm19, Mitsuba uses scalar_rgb (slow)"
+	$(PY) -m benchmarks.groundtruth.render
+	$(PY) -m benchmarks.groundtruth.score --report
