@@ -31,15 +31,30 @@ Notation: ``s(p)`` is the signed coc of pixel ``p``, ``I`` the linear image.
    layer's coverage.
 4. **Partial-occlusion fill.**  Where content *more than one layer nearer*
    (:math:`H_{k-2} = \sum_{j \le k-2} w_j`) hid layer ``k`` in the input, the layer is
-   extended behind the occluder with its **own** surrounding colours: a push-pull pyramid
-   (pull: 2x2 sums rescaled to coverage <= 1; push: bilinear upsampling fills what a level
-   misses) of the layer's own premultiplied colour and coverage gives a colour :math:`F_k`
-   and a presence :math:`\rho_k \in [0, 1]`, and the hidden part enters with coverage
-   :math:`H_{k-2}\rho_k` and colour :math:`F_k`.  The pyramid is only as deep as the larger of
-   the largest blur radius in front of the layer (what a blurred occluder can reveal) and the
-   layer's own blur radius (how far its own blur gathers from behind the occluder; without it
-   a farther layer would show through next to a sharp object); fractional depths blend two
-   pyramids, so the fill varies continuously.  The fill never takes the occluder's colour.  (Shares of the *same* surface in the
+   extended behind the occluder with what plausibly lies there, and never with light that is
+   not in the scene:
+
+   * *Where*: a push-pull pyramid (pull: 2x2 sums rescaled to coverage <= 1; push: bilinear
+     upsampling fills what a level misses) whose coverage is the **visibility**
+     :math:`V_k = 1 - H_{k-2}` (the pixels no occluder hides) and whose contents are the
+     layer's premultiplied colour :math:`w_k I` and coverage :math:`w_k`.  The fill's coverage
+     is therefore the layer's **density among the visible pixels around the hole** (a layer
+     that covers 10 % of its visible neighbourhood covers 10 % of the hole; the rest goes to the
+     layers behind), not a presence that saturates at 1 as soon as a single pixel of the layer
+     is near.  It reaches as far as the larger of the largest blur radius in front (what a
+     blurred occluder reveals) and the layer's own blur radius (how far its own blur gathers
+     from behind the occluder); fractional depths blend two pyramids, so the fill varies
+     continuously.
+   * *How bright*: no brighter, channel by channel, than :data:`FILL_CAP` times a **robust
+     local level**, a geometric mean over :math:`2^4` px blocks (a small light holds a small
+     share of a block's log-radiance): the layer's own level where the layer is a surface
+     there (its surface, the layer and its two neighbours, covers at least half of the visible
+     pixels; nothing below an eighth), shrunk towards the level of all visible pixels where it
+     is only a few pixels (a small light), and towards the level of the whole neighbourhood
+     where almost nothing is visible.  Push-pull continues the texture next to the hole, which
+     for a light touching an occluder means copying the light behind it; the cap stops that.
+
+   The fill never takes the occluder's colour.  (Shares of the *same* surface in the
    neighbouring layer are not treated as occluders: they add up instead, see 6.)
 5. **Blur.**  Colour and coverage of each layer are blurred together by
    :func:`lensblur.defocus` with ``method="scatter"`` (each source pixel spreads its own bokeh,
@@ -208,12 +223,12 @@ def _push(pyramid: List[torch.Tensor], levels: torch.Tensor) -> torch.Tensor:
 def _hole_fill(pyramid: List[torch.Tensor], reach_px: torch.Tensor, max_levels: int) -> torch.Tensor:
     """Push-pull fill of a layer reaching ``reach_px`` pixels (``(B,)``), continuous in the reach.
 
-    ``pyramid`` is the layer's pull pyramid (premultiplied colour, coverage last).  The push
-    depth ``l = log2(reach + 2) + 1`` is fractional: the fills of the two nearest integer depths
-    are blended, so the fill (and the render) changes continuously when the blur in front of
-    the layer changes.  The presence ``min(1, 2 A_fill)`` is full up to about half the
-    pyramid's reach and falls to zero beyond it.  Returns premultiplied colour and presence
-    (last channel).
+    ``pyramid`` is a pull pyramid whose last channel is the coverage that the pull normalises by
+    (the layer's *visibility*, see :func:`render_layered`).  The push depth
+    ``l = log2(reach + 2) + 1`` is fractional: the fills of the two nearest integer depths are
+    blended, so the fill (and the render) changes continuously when the blur in front of the
+    layer changes.  The presence ``min(1, 2 A_fill)`` is full up to about half the pyramid's
+    reach and falls to zero beyond it; every channel is scaled with it.
     """
     depth = (torch.log2(reach_px + 2.0) + 1.0).clamp(1.0, float(max_levels))
     lo = depth.detach().floor()
@@ -223,6 +238,46 @@ def _hole_fill(pyramid: List[torch.Tensor], reach_px: torch.Tensor, max_levels: 
     if bool((frac > 0).any()):
         fill = fill + frac * (_push(pyramid, (lo + 1).clamp_max(max_levels)) - fill)
     return fill * (2.0 / (2.0 * fill[:, -1:]).clamp_min(1.0))
+
+
+def _robust_level(sums: torch.Tensor, level: int) -> torch.Tensor:
+    """Local means of ``sums`` (``(B, n, H, W)`` weighted values, the weight last) over blocks of
+    ``2**level`` pixels, each block trusted in proportion to its weight (fully from a quarter of
+    the block on) and completed from the coarser blocks, upsampled bilinearly to full size.
+
+    Plain block sums, not the pull pyramid's rescaled ones: a block in which a single pixel
+    is visible says little, so one small light cannot set the level of a whole block.  Returns
+    the means (``(B, n - 1, H, W)``, per unit weight)."""
+    H, W = sums.shape[-2:]
+    levels = [sums]
+    while levels[-1].shape[-1] > 1 or levels[-1].shape[-2] > 1:
+        x = levels[-1]
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, w % 2, 0, h % 2))
+        levels.append(x[..., 0::2, 0::2] + x[..., 1::2, 0::2] + x[..., 0::2, 1::2] + x[..., 1::2, 1::2])
+    level = max(0, min(level, len(levels) - 1))
+    top = levels[-1]
+    cur = top[:, :-1] / top[:, -1:].clamp_min(1e-6)
+    for lv in range(len(levels) - 2, level - 1, -1):
+        h, w = levels[lv].shape[-2:]
+        up = F.interpolate(cur, size=(h + h % 2, w + w % 2), mode="bilinear",
+                           align_corners=False)[..., :h, :w]
+        weight = levels[lv][:, -1:]
+        trust = (weight * (4.0 / 4 ** lv)).clamp(max=1.0)
+        cur = up + trust * (levels[lv][:, :-1] / weight.clamp_min(1e-6) - up)
+    f = 2 ** level
+    if f > 1:
+        cur = F.interpolate(cur, size=(cur.shape[-2] * f, cur.shape[-1] * f), mode="bilinear",
+                            align_corners=False)
+    return cur[..., :H, :W]
+
+
+#: The fill never makes a hidden pixel brighter (per channel) than ``FILL_CAP`` times the
+#: layer's robust local level (see :func:`render_layered`, step 4).
+FILL_CAP = 1.25
+#: Pyramid level of that robust level: a geometric mean over ``2**ROBUST_LEVEL`` pixels, where
+#: a small light holds a small share of the pixels.
+ROBUST_LEVEL = 4
 
 
 #: Most images (layers x batch) blurred in one stacked :func:`~lensblur.defocus` call.
@@ -285,18 +340,49 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
     s = signed_coc.to(work)
     B, C, H, W = img.shape
     sd = s.detach()
+    exact = (sd == 0) if s.requires_grad else None
+    if exact is not None and bool(exact.any()) and float(sd.abs().max()) > 0:
+        # Pixels exactly in focus sit on kinks of the render as a function of their coc (the
+        # tents of the layers in front and behind start there, |s| and the compositing clamp
+        # bend there).  Their gradient must be the symmetric one, what a central difference
+        # sees, not whichever one-sided slope autograd happens to pick: render them a hair
+        # (FOCUS_EPS_PX) in front of and behind the focus plane and average.  The forward
+        # changes by O(FOCUS_EPS_PX / layer spacing) only; without gradients it is exact.
+        eps = torch.where(exact, torch.full_like(s, FOCUS_EPS_PX), torch.zeros_like(s))
+        lo, hi = s - eps, s + eps
+        centres = layer_centres(float(lo.detach().min()), float(hi.detach().max()), num_layers)
+        out = 0.5 * (_render(img, lo, centres, aperture, backend, method)
+                     + _render(img, hi, centres, aperture, backend, method))
+        return out.to(out_dtype)
     centres = layer_centres(float(sd.min()), float(sd.max()), num_layers)
-    K = len(centres)
-    if K == 1:
+    if len(centres) == 1:
         coc = s.abs()
-        if float(coc.detach().max()) == 0.0:      # all in focus: unchanged (a new tensor)
-            return img.to(out_dtype, copy=True)
+        if float(coc.detach().max()) == 0.0:
+            # all in focus: unchanged (a new tensor).  The render stays in the graph with its
+            # true derivative, 0: a hair off focus either way every pixel is blurred by far less
+            # than a pixel (and |s| has a symmetric derivative of 0 at 0)
+            return (img + 0.0 * s).to(out_dtype, copy=True)
         return defocus(img, coc, aperture, method=method, backend=backend).to(out_dtype)
+    return _render(img, s, centres, aperture, backend, method).to(out_dtype)
 
+
+#: Offset (pixels of coc) at which pixels exactly in focus are rendered on either side of the
+#: focus plane when gradients are needed (see :func:`render_layered`).
+FOCUS_EPS_PX = 1e-6
+
+
+def _render(img: torch.Tensor, s: torch.Tensor, centres: List[float], aperture: Aperture,
+            backend: str, method: str) -> torch.Tensor:
+    """The layered render of :func:`render_layered` with the given layer centres (``K >= 1``)."""
+    B, C, H, W = img.shape
+    sd = s.detach()
+    K = len(centres)
     max_levels = max(1, int(math.floor(math.log2(max(min(H, W), 2)))))
     top_level = max(1, int(math.ceil(math.log2(max(H, W, 2)))))     # down to 1 x 1
     abs_s = s.abs()
     full_depth = torch.tensor([top_level])
+    # per-sample, per-channel floor of the log colour: 1e-3 of the mean positive radiance
+    log_eps = img.clamp_min(0.0).mean((2, 3), keepdim=True) * 1e-3 + 1e-12
 
     # Layers are built nearest first, blurred in groups (the compiled backends bound their
     # offset loops per tile by the tile's own largest coc, so several layers are stacked along
@@ -323,29 +409,52 @@ def render_layered(image: torch.Tensor, signed_coc: torch.Tensor, aperture: Opti
         w = tent_weights(s, centres, k)
         hidden = h_km2
         h_km2, h_km1 = h_km1, h_km1 + w
-        if not bool((w.detach() > 0).any()):
+        # a layer matters if a pixel lies in its closed support: also a pixel exactly at a
+        # neighbouring centre (w = 0 there, but moving it moves weight into this layer)
+        lo_c = centres[k - 1] if k > 0 else -math.inf
+        hi_c = centres[k + 1] if k + 1 < K else math.inf
+        if not bool(((sd >= lo_c) & (sd <= hi_c)).any()):
             continue
-        # one pull pyramid of the layer's own coc, colour and coverage serves both extensions
-        own = w * img
-        pyramid = _pull(torch.cat([w * abs_s, own, w], 1), top_level)
         # the layer's coc field: its own pixels keep their coc, the others take the coc of the
         # nearest own pixels (a push-pull extension), so the field is smooth around the content
-        ext = _push([level[:, ::C + 1] for level in pyramid], full_depth)
+        own = w * img
+        ext = _push(_pull(torch.cat([w * abs_s, w], 1), top_level), full_depth)
         ext = (ext[:, :1] + 1e-6 * abs(centres[k])) / (ext[:, 1:] + 1e-6)
         coc = w * abs_s + (1.0 - w) * ext
         content, alpha = own, w
         # partial-occlusion fill, reaching as far as the largest blur radius in front (what a
         # blurred occluder reveals) and as far as this layer's own blur gathers behind it
-        if bool((hidden.detach() > 0).any()):
+        # (H_{k-2} > 0 where s < centres[k-1], and it moves with s where s = centres[k-1])
+        if k >= 2 and bool((sd <= centres[k - 1]).any()):
             reach = ((hidden * abs_s).reshape(B, -1).amax(1) / 2).clamp_min(abs(centres[k]) / 2)
-            fill = _hole_fill([level[:, 1:] for level in pyramid], reach, max_levels)
-            content = content + hidden * fill[:, :C]
-            alpha = alpha + hidden * fill[:, C:]
+            # densities over the pixels that no occluder hides (visible = 1 - H_{k-2})
+            visible = 1.0 - hidden
+            pyramid = _pull(torch.cat([own, w, visible], 1), top_level)
+            fill = _hole_fill(pyramid, reach, max_levels)
+            # the robust level of what lies behind the occluder (step 4 of the module docstring)
+            log_img = torch.log(img.clamp_min(0.0) + log_eps)
+            surface = w + tent_weights(s, centres, k - 1) if k > 0 else w
+            if k + 1 < K:
+                surface = surface + tent_weights(s, centres, k + 1)
+            # means over the visible pixels (w > 0 only where visible), and over all pixels
+            rv = _robust_level(torch.cat([w * log_img, visible * log_img, w, visible * surface,
+                                          visible], 1), ROBUST_LEVEL)
+            ones = torch.ones_like(w)
+            all_log = _robust_level(torch.cat([log_img, ones], 1), ROBUST_LEVEL)
+            seen = (4.0 * _robust_level(torch.cat([visible, ones], 1), ROBUST_LEVEL + 2)).clamp(0.0, 1.0)
+            own_log = rv[:, :C] / rv[:, 2 * C:2 * C + 1].clamp_min(1e-6)
+            vis_log = rv[:, C:2 * C]
+            trust = ((rv[:, 2 * C + 1:] - 0.125) / 0.375).clamp(0.0, 1.0)
+            vis_log = vis_log + trust * (own_log - vis_log)
+            level = torch.exp(all_log + seen * (vis_log - all_log))
+            fill_alpha = fill[:, C:C + 1]
+            fill_colour = torch.minimum(fill[:, :C], FILL_CAP * level * fill_alpha)
+            content = content + hidden * fill_colour
+            alpha = alpha + hidden * fill_alpha
         pending.append((torch.cat([content, alpha], 1), coc))
         if len(pending) == per_call:
             composite(pending)
             pending = []
     if pending:
         composite(pending)
-    out = out / cov.clamp_min(1e-6)
-    return out.to(out_dtype)
+    return out / cov.clamp_min(1e-6)

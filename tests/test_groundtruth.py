@@ -158,12 +158,8 @@ def test_quality_floor(scene, method):
     assert got["ssim"] >= ssim_floor - 0.003, got
 
 
-_ISSUE_15 = pytest.mark.xfail(strict=True, reason="issue 15: layered fill invents light")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("scene", [pytest.param(s, marks=_ISSUE_15) if s in ("lights", "bokeh") else s
-                                   for s in sc.SCENE_NAMES])
+@pytest.mark.parametrize("scene", sc.SCENE_NAMES)
 def test_layered_total_energy_within_2_percent(scene):
     """The layered renderer neither loses nor invents light: its total radiance over the scored
     region is within 2 % of the path tracer's (at the largest aperture, where a wrong fill
