@@ -66,8 +66,8 @@ def test_exactly_one_focus_and_one_depth_source(photo, capsys):
 def test_save_depth_writes_the_depth_used(photo):
     tmp, depth = photo
     for name in ("d.npy", "d.exr", "d.png"):
-        assert _render(tmp / "photo.png", tmp / "depth.npy", *LENS, "--focus", "2", "--out", tmp / "o.png",
-                       "--save-depth", tmp / name) == 0
+        assert _render(tmp / "photo.png", tmp / "depth.npy", *LENS, "--focus", "2",
+                       "--out", tmp / f"o_{name}.png", "--save-depth", tmp / name) == 0
         torch.testing.assert_close(lensblur.io.read_depth(tmp / name, depth_scale=1000.0), torch.from_numpy(depth)[None, None])
 
 
