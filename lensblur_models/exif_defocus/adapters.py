@@ -306,17 +306,9 @@ def make_tiny_depth_model(path: PathLike, seed: int = 0, metric_max_depth_m: Opt
 
     A 4-layer, 16-wide DINOv2 backbone with patch 14 and input size 14; for tests only.  With
     ``metric_max_depth_m`` it is a metric model (``depth_estimation_type="metric"``, outputs in
-    ``(0, metric_max_depth_m)`` metres), else a relative (disparity) one.
+    ``(0, metric_max_depth_m)`` metres), else a relative (disparity) one.  The checkpoint is
+    :func:`lensblur.depth_model.make_tiny_depth_checkpoint`'s.
     """
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+    from lensblur.depth_model import make_tiny_depth_checkpoint
 
-    torch.manual_seed(seed)
-    backbone = Dinov2Config(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
-                            image_size=14, patch_size=14, reshape_hidden_states=False,
-                            out_features=["stage1", "stage2", "stage3", "stage4"])
-    extra = {} if metric_max_depth_m is None else {"depth_estimation_type": "metric",
-                                                      "max_depth": int(metric_max_depth_m)}
-    cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16,
-                              neck_hidden_sizes=[4, 8, 8, 16], fusion_hidden_size=8, head_hidden_size=8, **extra)
-    DepthAnythingForDepthEstimation(cfg).save_pretrained(str(path))
-    return Path(path)
+    return make_tiny_depth_checkpoint(path, seed=seed, metric_max_depth_m=metric_max_depth_m)
