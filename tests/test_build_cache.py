@@ -126,3 +126,14 @@ def test_cache_heals_itself(tmp_path):
         assert (ok, calls) == (True, 1), name
         assert (_key_dir(tmp_path / name) / native._LIB_NAME).read_bytes() == real, name
     assert results[6][1:] == ["OSError", 1]
+
+
+def test_build_key_is_stable_across_a_real_build(tmp_path, monkeypatch):
+    """A real compile must not change the build key of this process (cpp_extension appends to
+    the link-flag list it is given: with a shared list the key moved after the first build, so
+    the next lookup in the same process missed the library it had just installed)."""
+    key = native._build_key(native.source_paths())
+    monkeypatch.setenv("LENSBLUR_EXTENSIONS_DIR", str(tmp_path))
+    native._build()
+    assert native._build_key(native.source_paths()) == key
+    assert (_key_dir(tmp_path) / native._LIB_NAME).is_file()

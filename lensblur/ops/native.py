@@ -77,7 +77,7 @@ name = "native"
 _SOURCE_NAMES = ("lensblur_native.cpp",)
 _CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-ffinite-math-only",
            "-fno-signed-zeros", "-fno-trapping-math"]
-_LDFLAGS = ["-fopenmp"]
+_LDFLAGS = ("-fopenmp",)   # a tuple: cpp_extension appends to the list it is given
 
 _LOCK = threading.Lock()
 _LIB: Optional[ctypes.CDLL] = None
@@ -195,7 +195,7 @@ def _compile(sources: List[Path], out_dir: Path, key: str) -> Path:
 
     _ensure_ninja()
     return Path(cpp_extension.load(name=f"lensblur_native_{key}", sources=[str(s) for s in sources],
-                                   extra_cflags=_cflags(), extra_ldflags=_LDFLAGS,
+                                   extra_cflags=_cflags(), extra_ldflags=list(_LDFLAGS),
                                    build_directory=str(out_dir), is_python_module=False,
                                    verbose=False))
 
