@@ -75,6 +75,15 @@ def reference(image, coc, aperture, method):
     return out.detach(), d_img, d_coc, grad
 
 
+def run_native(image, coc, aperture, method, grad):
+    """Native output and gradients w.r.t. image and coc for upstream gradient ``grad``."""
+    img = image.detach().clone().requires_grad_()
+    c = coc.detach().clone().requires_grad_()
+    out = lensblur.defocus(img, c, aperture, method=method, backend="native")
+    d_img, d_coc = torch.autograd.grad(out, (img, c), grad.to(out.dtype))
+    return out.detach(), d_img, d_coc
+
+
 def assert_close(actual, expected, dtype, what=""):
     atol, rtol = TOLERANCES[dtype]
     scale = max(1.0, float(expected.abs().max()))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import lensblur
-from backend_cases import APERTURES, COC_KINDS, SHAPES, assert_close, make_case, reference, \
+from backend_cases import APERTURES, COC_KINDS, SHAPES, assert_close, make_case, reference, run_native, \
     star_kernel
 from lensblur.defocus import resolve_backend
 from lensblur.ops import native as nat
@@ -27,15 +27,6 @@ def native():
     if not nat.is_available("cpu"):
         pytest.skip(f"native kernels unavailable: {nat.unavailable_reason()}")
     return nat
-
-
-def run_native(image, coc, aperture, method, grad):
-    """Native output and gradients w.r.t. image and coc for upstream gradient ``grad``."""
-    img = image.detach().clone().requires_grad_()
-    c = coc.detach().clone().requires_grad_()
-    out = lensblur.defocus(img, c, aperture, method=method, backend="native")
-    d_img, d_coc = torch.autograd.grad(out, (img, c), grad.to(out.dtype))
-    return out.detach(), d_img, d_coc
 
 
 def check_parity(image, coc, aperture, method, dtype=torch.float32, what=""):

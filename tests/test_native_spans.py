@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import lensblur
-from backend_cases import assert_close, reference
+from backend_cases import assert_close, reference, run_native
 from lensblur.ops import native as nat
 
 METHODS = ("gather", "scatter")
@@ -55,39 +55,30 @@ def _case(shape, kind, seed, dtype):
     return image.to(dtype), _coc(kind, shape, g).to(dtype)
 
 
-def _native(image, coc, aperture, method, grad):
-    img = image.detach().clone().requires_grad_()
-    c = coc.detach().clone().requires_grad_()
-    out = lensblur.defocus(img, c, aperture, method=method, backend="native")
-    d_img, d_coc = torch.autograd.grad(out, (img, c), grad.to(out.dtype))
-    return out.detach(), d_img, d_coc
-
-
 def _check(image, coc, aperture, method, dtype, what):
     ref_out, ref_di, ref_dc, grad = reference(image, coc, aperture, method)
-    out, d_img, d_coc = _native(image, coc, aperture, method, grad)
+    out, d_img, d_coc = run_native(image, coc, aperture, method, grad)
     assert out.dtype == d_img.dtype == d_coc.dtype == dtype
     assert_close(out, ref_out, dtype, f"{what} out")
     assert_close(d_img, ref_di, dtype, f"{what} d_image")
     assert_close(d_coc, ref_dc, dtype, f"{what} d_coc")
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("ap_name", list(SPAN_APERTURES))
-def test_parity_fp32(native, ap_name, method):
-    for shape, kind, seed in (((2, 3, 23, 29), "smooth", 1), ((1, 2, 13, 19), "subpixel_and_large", 2)):
-        image, coc = _case(shape, kind, seed, torch.float32)
-        _check(image, coc, SPAN_APERTURES[ap_name], method, torch.float32,
-               f"{ap_name} {method} {shape} {kind}")
+#: per dtype: the cases (shape, coc kind, seed) and the apertures checked in it
+PARITY = {
+    torch.float32: ((((2, 3, 23, 29), "smooth", 1), ((1, 2, 13, 19), "subpixel_and_large", 2)),
+                    list(SPAN_APERTURES)),
+    torch.float64: ((((2, 1, 17, 21), "smooth", 3), ((1, 5, 11, 9), "subpixel_and_large", 4)),
+                    ["disk", "pentagon_round", "heptagon_round_squeezed"]),
+}
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("ap_name", ["disk", "pentagon_round", "heptagon_round_squeezed"])
-def test_parity_fp64(native, ap_name, method):
-    for shape, kind, seed in (((2, 1, 17, 21), "smooth", 3), ((1, 5, 11, 9), "subpixel_and_large", 4)):
-        image, coc = _case(shape, kind, seed, torch.float64)
-        _check(image, coc, SPAN_APERTURES[ap_name], method, torch.float64,
-               f"fp64 {ap_name} {method} {shape} {kind}")
+@pytest.mark.parametrize("dtype,ap_name", [(dt, ap) for dt, (_, aps) in PARITY.items() for ap in aps])
+def test_parity(native, dtype, ap_name, method):
+    for shape, kind, seed in PARITY[dtype][0]:
+        image, coc = _case(shape, kind, seed, dtype)
+        _check(image, coc, SPAN_APERTURES[ap_name], method, dtype, f"{dtype} {ap_name} {method} {shape} {kind}")
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -109,7 +100,7 @@ def test_prefix_sums_on_long_rows(native, method):
     image = (1000.0 + torch.rand(1, 2, 3, w, generator=g, dtype=torch.float64)).float()
     coc = (1.0 + 12.0 * torch.rand(1, 1, 3, w, generator=g, dtype=torch.float64)).float()
     ref_out, ref_di, ref_dc, grad = reference(image, coc, SPAN_APERTURES["disk"], method)
-    out, d_img, _ = _native(image, coc, SPAN_APERTURES["disk"], method, grad)
+    out, d_img, _ = run_native(image, coc, SPAN_APERTURES["disk"], method, grad)
     assert_close(out, ref_out, torch.float32, f"long rows {method} out")
     assert_close(d_img, ref_di, torch.float32, f"long rows {method} d_image")
     # the image's mean stays put (energy preservation over a long row)
@@ -127,7 +118,7 @@ def test_bitwise_identical_for_any_thread_count(native, method, monkeypatch):
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            results[n] = [_native(image, coc, ap, method, grad)
+            results[n] = [run_native(image, coc, ap, method, grad)
                           for ap in (SPAN_APERTURES["disk"], SPAN_APERTURES["pentagon_round"])]
     finally:
         torch.set_num_threads(before)
